@@ -1,0 +1,5 @@
+import sys
+
+from varrl.cli import main
+
+sys.exit(main())

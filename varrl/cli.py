@@ -1,0 +1,83 @@
+"""The `varrl` command line: thin wrappers that parse arguments and call recipes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from varrl.recipes.pretrain import run_pretrain
+
+    run_dir = run_pretrain(args.config, args.overrides, args.resume)
+    print(f"pretraining finished: {run_dir}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from varrl.policy.load import load_policy
+    from varrl.policy.sampler import SamplerConfig
+    from varrl.viz import image_grid, to_uint8
+
+    if args.n < 1:
+        raise UsageError("--n must be at least 1")
+    sampler = SamplerConfig(cfg=args.cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k, top_p=args.top_p,
+                            temperature=args.temperature)
+    policy = load_policy(args.checkpoint)
+    traj = policy.rollout(args.prompt, n=args.n, sampler=sampler, generator=torch.Generator().manual_seed(args.seed))
+    images = to_uint8(policy.decode(traj))
+    captions = list(traj.prompts)
+    if args.ocr:
+        from varrl.ocr import OcrPool
+
+        with OcrPool(workers=0) as ocr:
+            captions = [f"{c} | read: {' '.join(w.text for w in r)}" for c, r in zip(captions, ocr.read(list(images)))]
+    image_grid(images, captions, cols=args.cols or min(len(images), 8), scale=args.scale).save(args.out)
+    print(f"wrote {len(images)} samples to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="varrl", description="RL fine-tuning of next-scale (VAR) image generators")
+    sub = p.add_subparsers(dest="command", required=True)
+    pt = sub.add_parser("pretrain", help="train the nano tokenizer and transformer from scratch")
+    pt.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
+    pt.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    pt.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    pt.set_defaults(func=_pretrain)
+
+    sp = sub.add_parser("sample", help="sample images from a model and write a PNG grid")
+    sp.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
+    sp.add_argument("--n", type=int, default=4, help="samples per prompt")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default="samples.png", help="PNG file to write")
+    sp.add_argument("--checkpoint", default=None, help="model directory (default: the shipped nano model)")
+    sp.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance strength")
+    sp.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
+    sp.add_argument("--top-k", type=int, default=0)
+    sp.add_argument("--top-p", type=float, default=0.0)
+    sp.add_argument("--temperature", type=float, default=1.0)
+    sp.add_argument("--cols", type=int, default=0, help="grid columns (default: up to 8)")
+    sp.add_argument("--scale", type=int, default=1, help="upscale each image by this factor")
+    sp.add_argument("--ocr", action="store_true", help="caption each image with what the OCR engine reads")
+    sp.set_defaults(func=_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from varrl.errors import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (*USER_ERRORS, UsageError) as e:
+        print(f"varrl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,135 @@
+"""OCR behind one small interface: image -> words with confidences and pixel boxes.
+
+The engine is RapidOCR 3.x on onnxruntime with its default PP-OCR models, which ship inside the
+PyPI wheel, so nothing is downloaded. One intra-op thread per engine: parallelism comes from
+running several engines in worker processes, which scales better on small images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OcrWord:
+    text: str
+    score: float
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+@dataclass
+class OcrConfig:
+    """Settings of the OCR engine."""
+
+    det_side: int = 320
+    """images are resized so their shorter side is this many pixels before text detection"""
+    min_score: float = 0.1
+    """reads below this recognition confidence are dropped"""
+    threads: int = 1
+    use_cls: bool = False
+    """run the 180-degree text-orientation classifier (off: rendered text is upright)"""
+
+
+class OcrEngine:
+    def __init__(self, config: OcrConfig | None = None):
+        self.config = config or OcrConfig()
+        try:
+            from rapidocr import RapidOCR
+        except ImportError as e:  # pragma: no cover - rapidocr is a hard dependency
+            raise ImportError("OCR needs rapidocr and onnxruntime: pip install 'rapidocr>=3' onnxruntime") from e
+        c = self.config
+        self._engine = RapidOCR(params={
+            "Global.log_level": "error",
+            "Global.text_score": c.min_score,
+            "Global.use_cls": c.use_cls,
+            "Det.limit_side_len": c.det_side,
+            "Det.limit_type": "min",
+            "EngineConfig.onnxruntime.intra_op_num_threads": c.threads,
+            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        })
+
+    def __call__(self, image: np.ndarray) -> list[OcrWord]:
+        """Read one uint8 [H, W, 3] RGB image; one OcrWord per whitespace-separated word."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"OCR expects a uint8 HxWx3 RGB array, got {image.dtype} {image.shape}")
+        # RapidOCR treats arrays as BGR (OpenCV order); flip so colours reach it as drawn.
+        out = self._engine(np.ascontiguousarray(image[:, :, ::-1]))
+        if out is None or out.txts is None:
+            return []
+        words: list[OcrWord] = []
+        for text, score, quad in zip(out.txts, out.scores, out.boxes):
+            quad = np.asarray(quad, dtype=np.float64)
+            x0, y0 = quad.min(0)
+            x1, y1 = quad.max(0)
+            parts = text.split()
+            if not parts:
+                continue
+            # A line with several words: split its box in proportion to character counts.
+            total = sum(len(p) for p in parts) + len(parts) - 1
+            cursor = 0
+            for p in parts:
+                a = x0 + (x1 - x0) * cursor / total
+                b = x0 + (x1 - x0) * (cursor + len(p)) / total
+                words.append(OcrWord(p, float(score), (float(a), float(y0), float(b), float(y1))))
+                cursor += len(p) + 1
+        return words
+
+
+_WORKER_ENGINE: OcrEngine | None = None
+
+
+def _worker_init(config: OcrConfig) -> None:
+    global _WORKER_ENGINE
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER_ENGINE = OcrEngine(config)
+
+
+def _worker_read(image: np.ndarray) -> list[OcrWord]:
+    assert _WORKER_ENGINE is not None
+    return _WORKER_ENGINE(image)
+
+
+class OcrPool:
+    """OCR over a batch of images, in worker processes (workers=0: in this process).
+
+    `submit` returns at once so that scoring can overlap with sampling; `result` waits."""
+
+    def __init__(self, config: OcrConfig | None = None, workers: int = 1):
+        self.config = config or OcrConfig()
+        self.workers = workers
+        self._local: OcrEngine | None = None
+        self._pool = None
+        if workers > 0:
+            import multiprocessing as mp
+
+            # spawn, not fork: forking a process that holds torch threads can deadlock.
+            self._pool = mp.get_context("spawn").Pool(workers, _worker_init, (self.config,))
+
+    def submit(self, images: list[np.ndarray]):
+        if self._pool is None:
+            if self._local is None:
+                self._local = OcrEngine(self.config)
+            return [self._local(im) for im in images]
+        return self._pool.map_async(_worker_read, images, chunksize=1)
+
+    @staticmethod
+    def result(handle) -> list[list[OcrWord]]:
+        return handle if isinstance(handle, list) else handle.get()
+
+    def read(self, images: list[np.ndarray]) -> list[list[OcrWord]]:
+        return self.result(self.submit(images))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> OcrPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

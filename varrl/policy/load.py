@@ -1,0 +1,61 @@
+"""Loading model directories: the shipped nano weights, exported runs, and checkpoints.
+
+A model directory holds `config.json` ({"format": "varrl-nano/1", "tokenizer": {...},
+"model": {...}}), `tokenizer.safetensors` and `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from varrl.checkpoint import CheckpointError, load_into, load_tensors
+from varrl.config import ConfigError, from_dict
+from varrl.models.nano import NanoConfig, NanoVAR
+from varrl.models.tokenizer import TokenizerConfig, VQTokenizer
+from varrl.policy.nano_policy import NanoPolicy
+
+FORMAT = "varrl-nano/1"
+
+
+def shipped_model_dir() -> Path:
+    return Path(str(resources.files("varrl").joinpath("assets/nano")))
+
+
+def load_policy(path: str | Path | None = None, device: str | torch.device = "cpu") -> NanoPolicy:
+    """The shipped nano policy (no argument) or the model directory at `path`."""
+    root = shipped_model_dir() if path is None else Path(path)
+    if not root.exists():
+        raise CheckpointError(f"checkpoint path not found: {root}")
+    if root.is_dir() and not (root / "config.json").exists() and (root / "export" / "config.json").exists():
+        root = root / "export"  # a pretraining run dir: use its export
+    cfg_file = root / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{root} is not a varrl model directory: config.json is missing "
+                              "(expected config.json, tokenizer.safetensors, model.safetensors)")
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_file}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        tok_cfg = from_dict(TokenizerConfig, meta["tokenizer"], "tokenizer")
+        model_cfg = from_dict(NanoConfig, meta["model"], "model")
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"{cfg_file}: bad model config: {e}") from e
+    tok = VQTokenizer(tok_cfg)
+    model = NanoVAR(model_cfg, tok_cfg.schedule(), tok_cfg.vocab_size, tok_cfg.code_dim)
+    load_into(tok, _float32(load_tensors(root / "tokenizer.safetensors")), f"{root}/tokenizer.safetensors")
+    load_into(model, _float32(load_tensors(root / "model.safetensors")), f"{root}/model.safetensors")
+    tok.eval()
+    model.eval()
+    return NanoPolicy(model.to(device), tok.to(device))
+
+
+def _float32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Weights may be stored in half precision to keep the repository small; compute is fp32.
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}

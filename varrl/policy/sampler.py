@@ -1,0 +1,105 @@
+"""Logits processing shared by sampling and re-scoring.
+
+Both paths call `sampling_logits` and `token_logprobs` on the same kind of logits (from the KV
+cached step or from the teacher-forced pass), so a stored trajectory re-scores to the log-probs it
+was sampled with. Modes for the stored/re-scored log-probs:
+  plain     log-softmax of the conditional logits: no guidance, no temperature, no truncation
+            (the paper trains on this distribution while rolling out with CFG);
+  sampling  log-probs under exactly the distribution that was sampled (guidance, temperature,
+            top-k, top-p).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+
+class SamplerConfigError(ValueError):
+    pass
+
+
+@dataclass
+class SamplerConfig:
+    """How tokens are drawn, and which log-probs are stored with a trajectory."""
+
+    cfg: float = 3.0
+    """classifier-free guidance strength (0: off); logits = (1+g)*cond - g*uncond"""
+    cfg_schedule: Literal["linear", "constant"] = "linear"
+    """linear: g ramps from 0 at the first step to cfg at the last (VAR); constant: g = cfg"""
+    top_k: int = 0
+    """keep the k most likely tokens (0: off)"""
+    top_p: float = 0.0
+    """keep the smallest set of tokens with this total probability (0 or 1: off)"""
+    temperature: float = 1.0
+    logprob_mode: Literal["plain", "sampling"] = "plain"
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise SamplerConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise SamplerConfigError(f"top_p must be in [0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise SamplerConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if self.cfg < 0:
+            raise SamplerConfigError(f"cfg must be >= 0, got {self.cfg}")
+        if self.cfg_schedule not in ("linear", "constant"):
+            raise SamplerConfigError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
+        if self.logprob_mode not in ("plain", "sampling"):
+            raise SamplerConfigError(f"logprob_mode must be 'plain' or 'sampling', got {self.logprob_mode!r}")
+
+    def guidance(self, step: int, num_steps: int) -> float:
+        """Guidance strength at 0-based step `step` of `num_steps`."""
+        if self.cfg_schedule == "constant" or num_steps == 1:
+            return self.cfg
+        return self.cfg * step / (num_steps - 1)
+
+    @property
+    def uses_uncond(self) -> bool:
+        """Whether sampling needs the unconditional branch at all."""
+        return self.cfg > 0
+
+    @property
+    def rescore_needs_uncond(self) -> bool:
+        return self.uses_uncond and self.logprob_mode == "sampling"
+
+
+def truncate_logits(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set the logits of tokens outside the top-k / top-p set to -inf (at least one token stays)."""
+    V = logits_BlV.shape[-1]
+    if 0 < top_k < V:
+        kth = logits_BlV.topk(top_k, dim=-1).values[..., -1:]
+        logits_BlV = logits_BlV.masked_fill(logits_BlV < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_l, order = logits_BlV.sort(dim=-1, descending=True)
+        probs = sorted_l.softmax(dim=-1)
+        # A token is dropped when the tokens ranked above it already reach top_p.
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits_BlV = logits_BlV.masked_fill(drop, float("-inf"))
+    return logits_BlV
+
+
+def sampling_logits(cond_BlV: torch.Tensor, uncond_BlV: torch.Tensor | None, g: float,
+                    s: SamplerConfig) -> torch.Tensor:
+    """The logits of the distribution that sampling draws from at a step with guidance g."""
+    logits = cond_BlV if uncond_BlV is None or g == 0 else (1 + g) * cond_BlV - g * uncond_BlV
+    if s.temperature != 1.0:
+        logits = logits / s.temperature
+    return truncate_logits(logits, s.top_k, s.top_p)
+
+
+def token_logprobs(cond_BlV: torch.Tensor, uncond_BlV: torch.Tensor | None, g: float,
+                   s: SamplerConfig, idx_Bl: torch.Tensor) -> torch.Tensor:
+    """Log-probs [B, l] of the tokens idx under the distribution named by s.logprob_mode."""
+    logits = cond_BlV if s.logprob_mode == "plain" else sampling_logits(cond_BlV, uncond_BlV, g, s)
+    return logits.log_softmax(dim=-1).gather(-1, idx_Bl.unsqueeze(-1)).squeeze(-1)
+
+
+def draw(logits_BlV: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Sample one token per position from softmax(logits) -> idx [B, l]."""
+    B, l, V = logits_BlV.shape
+    probs = logits_BlV.float().softmax(dim=-1).view(B * l, V)
+    return torch.multinomial(probs, 1, generator=generator).view(B, l)

@@ -1,0 +1,74 @@
+"""Pieces every recipe shares: run directories, metric logs, LR schedules, batches of synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from varrl.checkpoint import latest_checkpoint
+from varrl.data.synth import SynthGenerator
+
+
+class RunDirError(ValueError):
+    pass
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """Create a run dir, or find the checkpoint to resume; refuse to overwrite an existing run."""
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if resume:
+        if ckpt is None:
+            raise RunDirError(f"nothing to resume in {run_dir}: no checkpoints/step_* inside")
+        return ckpt
+    if ckpt is not None:
+        raise RunDirError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                          "or choose another run.name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+class MetricLog:
+    """Append-only JSONL metrics; on resume, lines past the checkpoint's step are dropped so that a
+    killed-and-resumed run has the same log as an uninterrupted one."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        rec = {"step": step, **{k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
+                                for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int, final_frac: float = 0.1) -> float:
+    """Linear warm-up to `base`, then cosine decay to `final_frac * base` at `total`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def synth_batch(gen: SynthGenerator, start: int, n: int):
+    """Samples start..start+n-1 as (float images [n, 3, H, W] in [0, 1], samples)."""
+    samples = [gen.sample(i) for i in range(start, start + n)]
+    img = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 255.0
+    return img, samples
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def lap(self) -> float:
+        t = time.perf_counter()
+        dt, self.t0 = t - self.t0, t
+        return dt

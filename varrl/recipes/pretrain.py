@@ -1,0 +1,116 @@
+"""`varrl pretrain`: train the embedded default from scratch (tokenizer, then transformer) on
+synthetic text renderings, resumably, and export the weights that `varrl.load_policy()` ships."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from varrl.config import load_config, save_config
+from varrl.data.synth import SynthConfig
+from varrl.models.nano import NanoConfig
+from varrl.models.tokenizer import TokenizerConfig
+
+
+@dataclass
+class RunConfig:
+    """Where a run lives and how it is seeded."""
+
+    name: str = "pretrain"
+    dir: str = "runs"
+    seed: int = 0
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """Optimisation of the VQ tokenizer."""
+
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    l2_weight: float = 1.0
+    vq_weight: float = 1.0
+    restart_every: int = 25
+    """move unused codes onto current residuals every n steps (0: never)"""
+    dead_code_threshold: float = 0.05
+    """a code is dead when its running (EMA) count of uses per step falls below this"""
+    log_every: int = 20
+    sample_every: int = 250
+    save_every: int = 100
+    ocr_eval_images: int = 48
+
+
+@dataclass
+class ModelTrainConfig:
+    """Optimisation of the nano transformer (teacher-forced cross-entropy on tokenized images)."""
+
+    steps: int = 8000
+    batch_size: int = 16
+    lr: float = 6e-4
+    warmup: int = 200
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    cond_drop: float = 0.1
+    """probability of replacing a prompt by the empty prompt: trains the unconditional branch for CFG"""
+    log_every: int = 20
+    sample_every: int = 500
+    save_every: int = 100
+    eval_every: int = 1000
+    eval_prompts: int = 64
+    """held-out prompts for the OCR word-accuracy check during training"""
+    eval_cfg: float = 3.0
+
+
+@dataclass
+class PretrainConfig:
+    """Everything `varrl pretrain` needs; the model part is what ships."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    stage: Literal["all", "tokenizer", "model"] = "all"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer_data: SynthConfig = field(default_factory=SynthConfig)
+    tokenizer_train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+    model: NanoConfig = field(default_factory=NanoConfig)
+    data: SynthConfig = field(default_factory=SynthConfig)
+    model_train: ModelTrainConfig = field(default_factory=ModelTrainConfig)
+    ocr_workers: int = 1
+
+
+def run_pretrain(config_path: str | None, overrides: list[str], resume: str | None) -> Path:
+    from varrl.checkpoint import latest_checkpoint
+    from varrl.ocr import OcrPool
+    from varrl.recipes.common import RunDirError
+    from varrl.recipes.pretrain_tokenizer import train_tokenizer
+
+    if resume:
+        run_dir = Path(resume)
+        saved = run_dir / "config.yaml"
+        if not saved.exists():
+            raise RunDirError(f"cannot resume {run_dir}: no config.yaml inside (is it a pretrain run dir?)")
+        cfg = load_config(PretrainConfig, saved, overrides)
+    else:
+        cfg = load_config(PretrainConfig, config_path, overrides)
+        run_dir = Path(cfg.run.dir) / cfg.run.name
+        if (run_dir / "config.yaml").exists():
+            raise RunDirError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                              "or choose another run.name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    with OcrPool(workers=cfg.ocr_workers) as ocr:
+        if cfg.stage in ("all", "tokenizer"):
+            tok_ckpt = latest_checkpoint(run_dir / "tokenizer" / "checkpoints")
+            train_tokenizer(cfg, run_dir, tok_ckpt, ocr)
+        if cfg.stage in ("all", "model"):
+            from varrl.recipes.pretrain_model import export_weights, train_model
+
+            tok_ckpt = latest_checkpoint(run_dir / "tokenizer" / "checkpoints")
+            if tok_ckpt is None:
+                raise RunDirError(f"stage 'model' needs a trained tokenizer in {run_dir}/tokenizer; "
+                                  "run stage=tokenizer first")
+            train_model(cfg, run_dir, tok_ckpt, latest_checkpoint(run_dir / "model" / "checkpoints"), ocr)
+            export_weights(cfg, run_dir)
+    return run_dir
