@@ -15,12 +15,12 @@ from varrl.cli import main
 DATA = ["image_size=32", "cap_px=[12,14]", "word_len=[3,3]", "region_mix={'1': 1.0}", "fonts=[DejaVuSans]"]
 TINY = [
     "tokenizer.image_size=32", "tokenizer.sides=[1,2,4]", "tokenizer.vocab_size=64", "tokenizer.code_dim=8",
-    "tokenizer.channels=[8,16,16,16]", "tokenizer.res_blocks=[0,0,1,1]",
+    "tokenizer.channels=16", "tokenizer.res_blocks=1", "tokenizer.refine_channels=4",
     "model.dim=32", "model.depth=1", "model.heads=2", "model.text_depth=1", "model.max_text_len=64",
     "tokenizer_train.steps=3", "tokenizer_train.batch_size=4", "tokenizer_train.log_every=1",
     "tokenizer_train.save_every=1", "tokenizer_train.sample_every=3", "tokenizer_train.ocr_eval_images=2",
     "model_train.steps=4", "model_train.batch_size=4", "model_train.log_every=1", "model_train.save_every=2",
-    "model_train.sample_every=3", "model_train.eval_every=3", "model_train.eval_prompts=2",
+    "model_train.eval_every=3", "model_train.eval_prompts=2",
     "ocr_workers=0",
     *[f"data.{d}" for d in DATA], *[f"tokenizer_data.{d}" for d in DATA],
 ]
@@ -176,3 +176,22 @@ def test_pretrain_twice_needs_resume(pretrained, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("varrl pretrain: error: ") and "--resume" in err and str(pretrained) in err
+
+
+def test_pretrain_init_from_continues_a_model_directory(pretrained, tmp_path):
+    """With the run directory gone, pretraining can start again from exported weights."""
+    from varrl.checkpoint import load_tensors
+
+    export = pretrained / "export"
+    args = _pretrain_args(tmp_path, "cont", f"tokenizer_train.init_from={export}", "tokenizer_train.steps=0",
+                          f"model_train.init_from={export}", "model_train.steps=1")
+    assert main(args) == 0
+    tok_a = load_tensors(export / "tokenizer.safetensors")
+    tok_b = load_tensors(tmp_path / "cont" / "export" / "tokenizer.safetensors")
+    assert all(torch.equal(tok_a[k], tok_b[k]) for k in tok_a)  # zero tokenizer steps: unchanged
+    model_a = load_tensors(export / "model.safetensors")
+    model_b = load_tensors(tmp_path / "cont" / "export" / "model.safetensors")
+    moved = [k for k in model_a if not torch.equal(model_a[k], model_b[k])]
+    assert moved, "one training step from the exported weights must change them"
+    # Started from the export, not from scratch: one small step stays close to it.
+    assert max((model_a[k] - model_b[k]).abs().max().item() for k in model_a) < 0.05

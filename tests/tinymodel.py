@@ -11,8 +11,8 @@ from varrl.config import to_dict
 from varrl.models.nano import NanoConfig, NanoVAR
 from varrl.models.tokenizer import TokenizerConfig, VQTokenizer
 
-TINY_TOKENIZER = dict(image_size=32, sides=(1, 2, 4), vocab_size=64, code_dim=8, channels=(8, 16, 16, 16),
-                      res_blocks=(0, 0, 1, 1))
+TINY_TOKENIZER = dict(image_size=32, sides=(1, 2, 4), vocab_size=64, code_dim=8, channels=16, res_blocks=1,
+                      refine_channels=4)
 TINY_MODEL = dict(dim=32, depth=2, heads=2, text_depth=1, max_text_len=64)
 
 

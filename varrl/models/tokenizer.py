@@ -23,10 +23,12 @@ class TokenizerConfig:
     sides: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 11, 16)
     vocab_size: int = 1024
     code_dim: int = 32
-    channels: tuple[int, ...] = (32, 64, 128, 128)
-    """channels at each resolution level, full size first; len-1 = number of 2x downsamplings"""
-    res_blocks: tuple[int, ...] = (0, 1, 1, 2)
-    """residual blocks at each level of the encoder (the decoder mirrors them)"""
+    channels: int = 192
+    """width of the encoder and decoder, which both work at the last grid's resolution"""
+    res_blocks: int = 3
+    """residual blocks in the encoder and in the decoder"""
+    refine_channels: int = 32
+    """width of the full-resolution convolution that smooths patch seams after unpatchifying"""
     n_phi: int = 4
     phi_ratio: float = 0.5
     beta: float = 0.25
@@ -34,15 +36,15 @@ class TokenizerConfig:
     def schedule(self) -> ScaleSchedule:
         return ScaleSchedule.square(self.sides, self.image_size)
 
+    @property
+    def patch(self) -> int:
+        return self.image_size // self.sides[-1]
+
     def __post_init__(self) -> None:
-        down = 2 ** (len(self.channels) - 1)
-        if self.image_size // down != self.sides[-1]:
-            raise ValueError(
-                f"image_size {self.image_size} / {down} (from {len(self.channels) - 1} downsamplings) "
-                f"must equal the last grid side {self.sides[-1]}"
-            )
-        if len(self.res_blocks) != len(self.channels):
-            raise ValueError("res_blocks needs one entry per level in channels")
+        if self.image_size % self.sides[-1]:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of the last grid side {self.sides[-1]}")
+        if self.channels % 4:
+            raise ValueError(f"channels must be a multiple of 4 (group norm), got {self.channels}")
 
 
 def _norm(c: int) -> nn.GroupNorm:
@@ -62,39 +64,51 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+# Both networks work on patches: pixels are folded into channels (p x p x 3 per token cell) and
+# all the convolutions run at the token grid's resolution. Each is a linear map (initialised by
+# PCA of image patches: `VQTokenizer.init_pca_`) plus a residual conv network that starts at zero.
+# Measured here: PCA with 32 components per 8x8 patch alone keeps 100% OCR word accuracy, while
+# a strided conv pyramid trained from scratch read under 10% after 1,500 CPU steps: starting
+# from the linear solution leaves training to make the features easy to quantise.
 class Encoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        ch = cfg.channels
-        layers: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, padding=1)]
-        for lvl, c in enumerate(ch):
-            cin = ch[max(0, lvl - 1)]
-            if lvl > 0:
-                layers.append(nn.Conv2d(cin, c, 4, stride=2, padding=1))
-            layers += [ResBlock(c, c) for _ in range(cfg.res_blocks[lvl])]
-        layers += [_norm(ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], cfg.code_dim, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
+        C, p = cfg.channels, cfg.patch
+        self.unpatch = nn.PixelUnshuffle(p)
+        self.linear = nn.Conv2d(3 * p * p, cfg.code_dim, 1)
+        self.net = nn.Sequential(
+            nn.Conv2d(3 * p * p, C, 1),
+            *[ResBlock(C, C) for _ in range(cfg.res_blocks)],
+            _norm(C), nn.SiLU(), nn.Conv2d(C, cfg.code_dim, 1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        x = self.unpatch(x)
+        return self.linear(x) + self.net(x)
 
 
 class Decoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        ch = cfg.channels[::-1]
-        rb = cfg.res_blocks[::-1]
-        layers: list[nn.Module] = [nn.Conv2d(cfg.code_dim, ch[0], 3, padding=1)]
-        for lvl, c in enumerate(ch):
-            if lvl > 0:
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[lvl - 1], c, 3, padding=1)]
-            # The decoder gets one more block per level: sharp glyph edges are made here.
-            layers += [ResBlock(c, c) for _ in range(rb[lvl] + 1)]
-        layers += [_norm(ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], 3, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
+        C, p, R = cfg.channels, cfg.patch, cfg.refine_channels
+        self.linear = nn.Conv2d(cfg.code_dim, 3 * p * p, 1)
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.code_dim, C, 3, padding=1),
+            *[ResBlock(C, C) for _ in range(cfg.res_blocks)],
+            _norm(C), nn.SiLU(), nn.Conv2d(C, 3 * p * p, 1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        self.patch = nn.PixelShuffle(p)
+        self.refine = nn.Sequential(nn.Conv2d(3, R, 3, padding=1), nn.SiLU(), nn.Conv2d(R, 3, 3, padding=1))
+        nn.init.zeros_(self.refine[-1].weight)
+        nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.net(f)
+        x = self.patch(self.linear(f) + self.net(f))
+        return x + self.refine(x)
 
 
 class VQTokenizer(nn.Module):
@@ -109,6 +123,21 @@ class VQTokenizer(nn.Module):
     @property
     def schedule(self) -> ScaleSchedule:
         return self.cfg.schedule()
+
+    @torch.no_grad()
+    def init_pca_(self, img_B3HW: torch.Tensor) -> float:
+        """Set the linear encoder/decoder maps to the top-`code_dim` principal components of the
+        patches of these images; returns the share of patch variance they keep."""
+        x_NP = self.encoder.unpatch(img_B3HW * 2 - 1).permute(0, 2, 3, 1).reshape(-1, self.encoder.linear.in_channels)
+        mu_P = x_NP.mean(0)
+        _, S, Vt = torch.linalg.svd(x_NP - mu_P, full_matrices=False)
+        k = self.cfg.code_dim
+        comps_KP = Vt[:k]
+        self.encoder.linear.weight.copy_(comps_KP[:, :, None, None])
+        self.encoder.linear.bias.copy_(-comps_KP @ mu_P)
+        self.decoder.linear.weight.copy_(comps_KP.T[:, :, None, None])
+        self.decoder.linear.bias.copy_(mu_P)
+        return float(S[:k].pow(2).sum() / S.pow(2).sum())
 
     def forward(self, img_B3HW: torch.Tensor):
         """Reconstruct; returns (reconstruction in [0,1] space unclamped, idx per scale, vq loss)."""

@@ -33,6 +33,8 @@ class TokenizerTrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     l2_weight: float = 1.0
+    text_weight: float = 4.0
+    """loss weight of pixels inside word boxes relative to the rest"""
     vq_weight: float = 1.0
     restart_every: int = 25
     """move unused codes onto current residuals every n steps (0: never)"""
@@ -42,6 +44,10 @@ class TokenizerTrainConfig:
     sample_every: int = 250
     save_every: int = 100
     ocr_eval_images: int = 48
+    pca_images: int = 256
+    """images whose patches initialise the linear encoder/decoder maps by PCA (0: random init)"""
+    init_from: str | None = None
+    """model directory whose tokenizer weights start this stage (with steps=0: used as they are)"""
 
 
 @dataclass
@@ -57,12 +63,15 @@ class ModelTrainConfig:
     cond_drop: float = 0.1
     """probability of replacing a prompt by the empty prompt: trains the unconditional branch for CFG"""
     log_every: int = 20
-    sample_every: int = 500
     save_every: int = 100
-    eval_every: int = 1000
+    eval_every: int = 500
+    """sample the held-out prompts, OCR them, log word accuracy and write a sample grid"""
     eval_prompts: int = 64
     """held-out prompts for the OCR word-accuracy check during training"""
     eval_cfg: float = 3.0
+    init_from: str | None = None
+    """model directory (e.g. varrl/assets/nano) whose transformer weights start this run, with a
+    fresh optimizer: continues pretraining when the original run directory is gone"""
 
 
 @dataclass

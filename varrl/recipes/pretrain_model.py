@@ -13,6 +13,7 @@ from tqdm import tqdm
 from varrl.checkpoint import (
     atomic_write_text,
     latest_checkpoint,
+    load_into,
     load_object,
     load_state,
     load_tensors,
@@ -46,6 +47,9 @@ def train_model(cfg, run_dir: Path, tok_ckpt: Path, resume_ckpt: Path | None, oc
     tok.eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=mc.lr, betas=(0.9, 0.95), weight_decay=mc.weight_decay)
     start = 0
+    if mc.init_from and resume_ckpt is None:
+        src = Path(mc.init_from) / "model.safetensors"
+        load_into(model, load_tensors(src), str(src))
     if resume_ckpt is not None:
         model.load_state_dict(load_tensors(resume_ckpt / "model.safetensors"))
         opt.load_state_dict(load_object(resume_ckpt / "optimizer.pt"))

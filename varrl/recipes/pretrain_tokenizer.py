@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from varrl.checkpoint import load_object, load_state, load_tensors, save_checkpoint
+from varrl.checkpoint import latest_checkpoint, load_into, load_object, load_state, load_tensors, save_checkpoint
 from varrl.data.synth import SynthGenerator
 from varrl.eval.textmetrics import word_hits
 from varrl.models.tokenizer import VQTokenizer
@@ -35,6 +34,14 @@ def train_tokenizer(cfg, run_dir: Path, resume_ckpt: Path | None, ocr=None) -> V
     tok = VQTokenizer(cfg.tokenizer)
     opt = torch.optim.AdamW(tok.parameters(), lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
     start = 0
+    if tc.init_from and resume_ckpt is None:
+        src = Path(tc.init_from) / "tokenizer.safetensors"
+        load_into(tok, load_tensors(src), str(src))
+    if resume_ckpt is None and not tc.init_from and tc.pca_images:
+        # Start from the linear (PCA) autoencoder of image patches: legible from the first step.
+        pca_img, _ = synth_batch(SynthGenerator(cfg.tokenizer_data, "train", cfg.run.seed + 1), 0, tc.pca_images)
+        kept = tok.init_pca_(pca_img)
+        tqdm.write(f"tokenizer: PCA initialisation keeps {kept:.3f} of the patch variance")
     if resume_ckpt is not None:
         tok.load_state_dict(load_tensors(resume_ckpt / "tokenizer.safetensors"))
         opt.load_state_dict(load_object(resume_ckpt / "optimizer.pt"))
@@ -48,12 +55,14 @@ def train_tokenizer(cfg, run_dir: Path, resume_ckpt: Path | None, ocr=None) -> V
         lr = cosine_lr(step, tc.steps, tc.lr, tc.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        img, _ = synth_batch(train_gen, step * tc.batch_size, tc.batch_size)
+        img, samples = synth_batch(train_gen, step * tc.batch_size, tc.batch_size)
         f = tok.encoder(img * 2 - 1)
         f_hat, idx_list, vq_loss = tok.quantizer(f)
         rec = (tok.decoder(f_hat) + 1) / 2
-        l1 = (rec - img).abs().mean()
-        l2 = F.mse_loss(rec, img)
+        w = text_weight_map(samples, img.shape[-1], tc.text_weight)
+        err = rec - img
+        l1 = (err.abs() * w).mean() / w.mean()
+        l2 = (err.pow(2) * w).mean() / w.mean()
         loss = l1 + tc.l2_weight * l2 + tc.vq_weight * vq_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -81,7 +90,20 @@ def train_tokenizer(cfg, run_dir: Path, resume_ckpt: Path | None, ocr=None) -> V
         if (step + 1) % tc.save_every == 0 or last:
             save_checkpoint(out / "checkpoints", step + 1, {"tokenizer": tok.state_dict()},
                             {"step": step + 1, "stage": "tokenizer"}, {"optimizer": opt.state_dict()})
+    if latest_checkpoint(out / "checkpoints") is None:  # zero steps asked: keep what we started from
+        save_checkpoint(out / "checkpoints", start, {"tokenizer": tok.state_dict()},
+                        {"step": start, "stage": "tokenizer"}, {"optimizer": opt.state_dict()})
     return tok
+
+
+def text_weight_map(samples, size: int, weight: float) -> torch.Tensor:
+    """[B, 1, H, W] pixel weights: `weight` inside word boxes, 1 elsewhere. Text is a small share of
+    the pixels but all that OCR needs, so the reconstruction loss leans on it."""
+    w = torch.ones(len(samples), 1, size, size)
+    for i, s in enumerate(samples):
+        for x0, y0, x1, y1 in s.boxes:
+            w[i, :, y0:y1, x0:x1] = weight
+    return w
 
 
 def save_recon_sheet(tok: VQTokenizer, gen: SynthGenerator, path: Path, n: int = 8) -> None:
