@@ -195,3 +195,18 @@ def test_pretrain_init_from_continues_a_model_directory(pretrained, tmp_path):
     assert moved, "one training step from the exported weights must change them"
     # Started from the export, not from scratch: one small step stays close to it.
     assert max((model_a[k] - model_b[k]).abs().max().item() for k in model_a) < 0.05
+
+
+def test_pretrain_export_writes_a_half_precision_model_dir(pretrained, tmp_path, capsys):
+    from varrl.checkpoint import load_tensors
+
+    dest = tmp_path / "exp"
+    assert main(["pretrain", "--resume", str(pretrained), "--export", str(dest)]) == 0
+    sd = load_tensors(dest / "model.safetensors")
+    assert {v.dtype for v in sd.values() if v.is_floating_point()} == {torch.float16}
+    ckpt = load_tensors(sorted((pretrained / "model" / "checkpoints").iterdir())[-1] / "model.safetensors")
+    assert all(torch.equal(sd[k], ckpt[k].half()) for k in ckpt)
+    policy = load_policy(dest)  # computes in float32 whatever the stored precision
+    assert next(policy.model.parameters()).dtype == torch.float32
+    assert main(["pretrain", "--export", str(dest)]) == 2
+    assert "--export needs --resume" in capsys.readouterr().err

@@ -11,8 +11,13 @@ class UsageError(ValueError):
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from varrl.recipes.pretrain import run_pretrain
+    from varrl.recipes.pretrain import export_run, run_pretrain
 
+    if args.export:
+        if not args.resume:
+            raise UsageError("--export needs --resume RUN_DIR: the run whose checkpoints to export")
+        print(f"exported {args.resume} to {export_run(args.resume, args.export, args.overrides)}")
+        return
     run_dir = run_pretrain(args.config, args.overrides, args.resume)
     print(f"pretraining finished: {run_dir}")
 
@@ -47,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="train the nano tokenizer and transformer from scratch")
     pt.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
     pt.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    pt.add_argument("--export", default=None, metavar="DIR",
+                    help="with --resume: only write the run's model directory to DIR (no training)")
     pt.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     pt.set_defaults(func=_pretrain)
 

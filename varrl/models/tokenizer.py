@@ -20,7 +20,10 @@ class TokenizerConfig:
     """Shape of the VQ-VAE; the scale sides define the schedule every model on it shares."""
 
     image_size: int = 128
-    sides: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 11, 16)
+    sides: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 11, 16, 16)
+    """grid side of each step. The last grid comes twice: two residual codes per token cell. With
+    one 16x16 stage, OCR read 51% of words on reconstructions (a 4096-code book: 53%); with two,
+    86% (same encoder, 763 tokens instead of 507)."""
     vocab_size: int = 1024
     code_dim: int = 32
     channels: int = 192

@@ -87,6 +87,20 @@ class PretrainConfig:
     data: SynthConfig = field(default_factory=SynthConfig)
     model_train: ModelTrainConfig = field(default_factory=ModelTrainConfig)
     ocr_workers: int = 1
+    export_dtype: Literal["float32", "float16"] = "float16"
+    """precision of the exported model directory (training checkpoints stay float32)"""
+
+
+def export_run(run_dir: str, dest: str, overrides: list[str]) -> Path:
+    """Write the model directory of a pretraining run (its latest checkpoints) to `dest`."""
+    from varrl.recipes.common import RunDirError
+    from varrl.recipes.pretrain_model import export_weights
+
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.exists():
+        raise RunDirError(f"cannot export {run_dir}: no config.yaml inside (is it a pretrain run dir?)")
+    cfg = load_config(PretrainConfig, saved, overrides)
+    return export_weights(cfg, Path(run_dir), Path(dest))
 
 
 def run_pretrain(config_path: str | None, overrides: list[str], resume: str | None) -> Path:

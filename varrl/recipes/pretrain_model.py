@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from varrl.checkpoint import (
@@ -110,8 +111,12 @@ def export_weights(cfg, run_dir: Path, dest: Path | None = None) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    shutil.copy(tok_ckpt / "tokenizer.safetensors", tmp / "tokenizer.safetensors")
-    shutil.copy(model_ckpt / "model.safetensors", tmp / "model.safetensors")
+    # Half precision halves the repository's share of weights; load_policy computes in fp32.
+    dtype = {"float32": torch.float32, "float16": torch.float16}[cfg.export_dtype]
+    for src, name in ((tok_ckpt, "tokenizer"), (model_ckpt, "model")):
+        sd = load_tensors(src / f"{name}.safetensors")
+        save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()},
+                  str(tmp / f"{name}.safetensors"))
     meta = {"format": "varrl-nano/1", "tokenizer": to_dict(cfg.tokenizer), "model": to_dict(cfg.model),
             "trained": {"tokenizer_steps": load_state(tok_ckpt)["step"], "model_steps": load_state(model_ckpt)["step"],
                         "data": to_dict(cfg.data)}}
