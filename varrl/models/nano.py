@@ -39,7 +39,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x_BLD: torch.Tensor, mask_LL: torch.Tensor | None, cache: dict | None) -> torch.Tensor:
+    def forward(self, x_BLD: torch.Tensor, offsets: tuple[int, ...] | None, cache: dict | None) -> torch.Tensor:
         B, L, D = x_BLD.shape
         q, k, v = self.qkv(x_BLD).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if cache is not None:  # sampling: attend to every earlier scale plus this one
@@ -47,7 +47,13 @@ class SelfAttention(nn.Module):
                 k = torch.cat([cache["k"], k], dim=2)
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LL)
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            # Teacher forcing: block-causal attention computed scale by scale, each block with
+            # exactly the shapes (and so the kernel and summation order) of the cached step that
+            # sampled it; a single masked call differs from sampling by ~1e-4 in log-prob.
+            out = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b])
+                             for a, b in zip(offsets, offsets[1:])], dim=2)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
 
@@ -86,9 +92,9 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x, cond_BD, text_kv, text_mask, mask_LL, cache):
+    def forward(self, x, cond_BD, text_kv, text_mask, offsets, cache):
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(cond_BD)).unsqueeze(1).chunk(6, dim=-1)
-        x = x + (1 + g1) * self.attn(self.ln1(x) * (1 + sc1) + sh1, mask_LL, cache)
+        x = x + (1 + g1) * self.attn(self.ln1(x) * (1 + sc1) + sh1, offsets, cache)
         x = x + self.xattn(self.ln_x(x), text_kv, text_mask)
         return x + (1 + g2) * self.mlp(self.ln2(x) * (1 + sc2) + sh2)
 
@@ -112,7 +118,6 @@ class NanoVAR(nn.Module):
         nn.init.zeros_(self.head_ada.bias)
         lvl_idx = torch.tensor(schedule.step_of_token())
         self.register_buffer("lvl_idx", lvl_idx, persistent=False)
-        self.register_buffer("block_mask", lvl_idx[:, None] >= lvl_idx[None, :], persistent=False)
 
     def encode_text(self, ids_BS: torch.Tensor, mask_BS: torch.Tensor) -> dict:
         """Everything about the prompt that every scale reuses: the context of each block."""
@@ -130,9 +135,9 @@ class NanoVAR(nn.Module):
         h = torch.cat(parts, dim=1)
         return h + self.pos[:, start:end] + self.lvl(self.lvl_idx[start:end])
 
-    def _blocks(self, h, ctx, mask_LL, caches) -> torch.Tensor:
+    def _blocks(self, h, ctx, offsets, caches) -> torch.Tensor:
         for i, blk in enumerate(self.blocks):
-            h = blk(h, ctx["cond"], ctx["kv"][i], ctx["mask"], mask_LL, None if caches is None else caches[i])
+            h = blk(h, ctx["cond"], ctx["kv"][i], ctx["mask"], offsets, None if caches is None else caches[i])
         sh, sc = self.head_ada(F.silu(ctx["cond"])).unsqueeze(1).chunk(2, dim=-1)
         return self.head(self.head_ln(h) * (1 + sc) + sh)
 
@@ -140,8 +145,11 @@ class NanoVAR(nn.Module):
         """Teacher forcing: inputs for scales 2..m (from the tokenizer; [B, 0, C] for m = 1) ->
         logits [B, L, V] for scales 1..m, L = offsets[m]."""
         L = 1 + inputs_BlC.shape[1]
+        offsets = tuple(o for o in self.schedule.offsets if o <= L)
+        if offsets[-1] != L:
+            raise ValueError(f"{L} tokens do not end at a scale boundary ({self.schedule.offsets})")
         h = self._embed(ctx, 0, L, inputs_BlC if L > 1 else None)
-        return self._blocks(h, ctx, self.block_mask[:L, :L], None)
+        return self._blocks(h, ctx, offsets, None)
 
     def new_cache(self) -> list[dict]:
         return [{} for _ in self.blocks]
