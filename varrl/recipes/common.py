@@ -10,26 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varrl.checkpoint import latest_checkpoint
 from varrl.data.synth import SynthGenerator
 
 
 class RunDirError(ValueError):
     pass
-
-
-def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
-    """Create a run dir, or find the checkpoint to resume; refuse to overwrite an existing run."""
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if resume:
-        if ckpt is None:
-            raise RunDirError(f"nothing to resume in {run_dir}: no checkpoints/step_* inside")
-        return ckpt
-    if ckpt is not None:
-        raise RunDirError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
-                          "or choose another run.name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return None
 
 
 class MetricLog:
