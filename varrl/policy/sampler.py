@@ -102,4 +102,7 @@ def draw(logits_BlV: torch.Tensor, generator: torch.Generator | None) -> torch.T
     """Sample one token per position from softmax(logits) -> idx [B, l]."""
     B, l, V = logits_BlV.shape
     probs = logits_BlV.float().softmax(dim=-1).view(B * l, V)
+    if generator is not None and generator.device != probs.device:
+        # A CPU generator drives GPU sampling too: the draws then follow the seed on any device.
+        return torch.multinomial(probs.cpu(), 1, generator=generator).view(B, l).to(logits_BlV.device)
     return torch.multinomial(probs, 1, generator=generator).view(B, l)

@@ -87,6 +87,8 @@ class PretrainConfig:
     data: SynthConfig = field(default_factory=SynthConfig)
     model_train: ModelTrainConfig = field(default_factory=ModelTrainConfig)
     ocr_workers: int = 1
+    device: str = "cpu"
+    """torch device for training ('cpu', 'cuda', 'cuda:1', or 'auto' = cuda when available)"""
     export_dtype: Literal["float32", "float16"] = "float16"
     """precision of the exported model directory (training checkpoints stay float32)"""
 

@@ -28,7 +28,7 @@ from varrl.models.text import batch_prompts
 from varrl.models.tokenizer import VQTokenizer
 from varrl.policy.nano_policy import NanoPolicy
 from varrl.policy.sampler import SamplerConfig
-from varrl.recipes.common import MetricLog, Timer, cosine_lr, synth_batch
+from varrl.recipes.common import MetricLog, Timer, cosine_lr, resolve_device, synth_batch
 from varrl.viz import image_grid
 
 
@@ -43,7 +43,10 @@ def train_model(cfg, run_dir: Path, tok_ckpt: Path, resume_ckpt: Path | None, oc
     out = run_dir / "model"
     (out / "samples").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
+    dev = resolve_device(cfg.device)
     model, tok = build_nano(cfg)
+    model.to(dev)  # before the optimizer, so its state lives there too
+    tok.to(dev)
     tok.load_state_dict(load_tensors(tok_ckpt / "tokenizer.safetensors"))
     tok.eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=mc.lr, betas=(0.9, 0.95), weight_decay=mc.weight_decay)
@@ -67,6 +70,7 @@ def train_model(cfg, run_dir: Path, tok_ckpt: Path, resume_ckpt: Path | None, oc
         for g in opt.param_groups:
             g["lr"] = lr
         img, samples = synth_batch(gen, step * mc.batch_size, mc.batch_size)
+        img = img.to(dev)
         # Condition dropout decided by (seed, step) alone, so a resumed run draws the same.
         drop = torch.rand(mc.batch_size, generator=torch.Generator().manual_seed(cfg.run.seed * 7919 + step))
         prompts = ["" if d < mc.cond_drop else s.prompt for d, s in zip(drop.tolist(), samples)]
@@ -74,7 +78,7 @@ def train_model(cfg, run_dir: Path, tok_ckpt: Path, resume_ckpt: Path | None, oc
             idx_list = tok.encode(img)
             inputs = tok.quantizer.teacher_inputs(idx_list)
         ids, mask = batch_prompts(prompts, cfg.model.max_text_len, allow_empty=True)
-        logits = model(model.encode_text(ids, mask), inputs)
+        logits = model(model.encode_text(ids.to(dev), mask.to(dev)), inputs)
         target = torch.cat(idx_list, dim=1)
         loss = F.cross_entropy(logits.reshape(-1, V), target.flatten())
         opt.zero_grad(set_to_none=True)

@@ -11,13 +11,14 @@ from varrl.checkpoint import latest_checkpoint, load_into, load_object, load_sta
 from varrl.data.synth import SynthGenerator
 from varrl.eval.textmetrics import word_hits
 from varrl.models.tokenizer import VQTokenizer
-from varrl.recipes.common import MetricLog, Timer, cosine_lr, synth_batch
+from varrl.recipes.common import MetricLog, Timer, cosine_lr, resolve_device, synth_batch
 from varrl.viz import image_grid, to_uint8
 
 
 def reconstruction_word_acc(tok: VQTokenizer, gen: SynthGenerator, n: int, ocr) -> float:
     """OCR word accuracy on tokenizer reconstructions of n held-out samples."""
     img, samples = synth_batch(gen, 0, n)
+    img = img.to(next(tok.parameters()).device)
     with torch.no_grad():
         rec = tok.decode(tok.encode(img))
     reads = ocr.read(list(to_uint8(rec)))
@@ -31,7 +32,8 @@ def train_tokenizer(cfg, run_dir: Path, resume_ckpt: Path | None, ocr=None) -> V
     out = run_dir / "tokenizer"
     (out / "samples").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
-    tok = VQTokenizer(cfg.tokenizer)
+    dev = resolve_device(cfg.device)
+    tok = VQTokenizer(cfg.tokenizer).to(dev)  # before the optimizer, so its state lives there too
     opt = torch.optim.AdamW(tok.parameters(), lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
     start = 0
     if tc.init_from and resume_ckpt is None:
@@ -40,7 +42,7 @@ def train_tokenizer(cfg, run_dir: Path, resume_ckpt: Path | None, ocr=None) -> V
     if resume_ckpt is None and not tc.init_from and tc.pca_images:
         # Start from the linear (PCA) autoencoder of image patches: legible from the first step.
         pca_img, _ = synth_batch(SynthGenerator(cfg.tokenizer_data, "train", cfg.run.seed + 1), 0, tc.pca_images)
-        kept = tok.init_pca_(pca_img)
+        kept = tok.init_pca_(pca_img.to(dev))
         tqdm.write(f"tokenizer: PCA initialisation keeps {kept:.3f} of the patch variance")
     if resume_ckpt is not None:
         tok.load_state_dict(load_tensors(resume_ckpt / "tokenizer.safetensors"))
@@ -56,10 +58,11 @@ def train_tokenizer(cfg, run_dir: Path, resume_ckpt: Path | None, ocr=None) -> V
         for g in opt.param_groups:
             g["lr"] = lr
         img, samples = synth_batch(train_gen, step * tc.batch_size, tc.batch_size)
+        img = img.to(dev)
         f = tok.encoder(img * 2 - 1)
         f_hat, idx_list, vq_loss = tok.quantizer(f)
         rec = (tok.decoder(f_hat) + 1) / 2
-        w = text_weight_map(samples, img.shape[-1], tc.text_weight)
+        w = text_weight_map(samples, img.shape[-1], tc.text_weight).to(dev)
         err = rec - img
         l1 = (err.abs() * w).mean() / w.mean()
         l2 = (err.pow(2) * w).mean() / w.mean()
@@ -110,5 +113,5 @@ def save_recon_sheet(tok: VQTokenizer, gen: SynthGenerator, path: Path, n: int =
     """Originals on the top row, reconstructions below."""
     img, _ = synth_batch(gen, 0, n)
     with torch.no_grad():
-        rec = tok.decode(tok.encode(img))
+        rec = tok.decode(tok.encode(img.to(next(tok.parameters()).device)))
     image_grid(list(to_uint8(img)) + list(to_uint8(rec)), cols=n).save(path)
