@@ -22,6 +22,14 @@ def _pretrain(args: argparse.Namespace) -> None:
     print(f"pretraining finished: {run_dir}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from varrl.recipes.train import run_train
+
+    run_dir, report = run_train(args.config, args.overrides, args.resume)
+    if report is not None:
+        print(f"training finished: {run_dir} (report: {run_dir / 'report.md'})")
+
+
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
@@ -57,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     pt.set_defaults(func=_pretrain)
 
+    tr = sub.add_parser("train", help="RL-tune a policy (default: the shipped nano model on text rendering)")
+    tr.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
+    tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    tr.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=20 rl.kl_beta=0.02")
+    tr.set_defaults(func=_train)
+
     sp = sub.add_parser("sample", help="sample images from a model and write a PNG grid")
     sp.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
     sp.add_argument("--n", type=int, default=4, help="samples per prompt")
@@ -77,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from varrl.errors import USER_ERRORS
+    from varrl.policy.sampler import NonFiniteError
 
     args = build_parser().parse_args(argv)
     try:
@@ -84,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except (*USER_ERRORS, UsageError) as e:
         print(f"varrl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:  # training diverged: one clear line, not a traceback
+        print(f"varrl {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -345,3 +345,13 @@ def save_config(obj: Any, path: str | Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Where a run lives and how it is seeded: the run directory is `<dir>/<name>`."""
+
+    name: str = "run"
+    dir: str = "runs"
+    """parent of run directories"""
+    seed: int = 0

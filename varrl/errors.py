@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from varrl.checkpoint import CheckpointError
 from varrl.config import ConfigError
+from varrl.data.prompts import PromptFileError
 from varrl.models.text import PromptError
 from varrl.policy.sampler import SamplerConfigError
-from varrl.recipes.common import RunDirError
+from varrl.rundir import RunDirError
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, CheckpointError, PromptError, RunDirError, SamplerConfigError,
-                                            FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, PromptFileError, CheckpointError, PromptError, RunDirError,
+                                            SamplerConfigError, FileNotFoundError)

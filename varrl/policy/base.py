@@ -28,3 +28,7 @@ class NextScalePolicy(Protocol):
     def decode(self, traj: Trajectory) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1]."""
         ...
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Raise a clear error for a prompt this model cannot take (before any long work starts)."""
+        ...

@@ -7,13 +7,15 @@ A model directory holds `config.json` ({"format": "varrl-nano/1", "tokenizer": {
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from varrl.checkpoint import CheckpointError, load_into, load_tensors
-from varrl.config import ConfigError, from_dict
+from varrl.checkpoint import CheckpointError, atomic_write_text, load_into, load_tensors
+from varrl.config import ConfigError, from_dict, to_dict
 from varrl.models.nano import NanoConfig, NanoVAR
 from varrl.models.tokenizer import TokenizerConfig, VQTokenizer
 from varrl.policy.nano_policy import NanoPolicy
@@ -30,8 +32,11 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
     root = shipped_model_dir() if path is None else Path(path)
     if not root.exists():
         raise CheckpointError(f"checkpoint path not found: {root}")
-    if root.is_dir() and not (root / "config.json").exists() and (root / "export" / "config.json").exists():
-        root = root / "export"  # a pretraining run dir: use its export
+    if root.is_dir() and not (root / "config.json").exists():
+        for sub in ("last", "export"):  # an RL run dir holds last/, a pretraining run dir export/
+            if (root / sub / "config.json").exists():
+                root = root / sub
+                break
     cfg_file = root / "config.json"
     if not cfg_file.exists():
         raise CheckpointError(f"{root} is not a varrl model directory: config.json is missing "
@@ -54,6 +59,31 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
     tok.eval()
     model.eval()
     return NanoPolicy(model.to(device), tok.to(device))
+
+
+def save_policy(policy: NanoPolicy, dest: str | Path, extra: dict | None = None) -> Path:
+    """Write `policy` as a model directory that `load_policy(dest)` reads, atomically: files go to a
+    temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole)."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    meta = {"format": FORMAT, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg),
+            **(extra or {})}
+    for name, module in (("tokenizer", policy.tokenizer), ("model", policy.model)):
+        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
+                  str(tmp / f"{name}.safetensors"))
+    atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
+    old = dest.with_name(f".{dest.name}.old")
+    if dest.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        dest.rename(old)
+    tmp.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
+    return dest
 
 
 def _float32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

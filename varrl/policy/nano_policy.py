@@ -23,6 +23,9 @@ class NanoPolicy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        batch_prompts(list(prompts), self.model.cfg.max_text_len)
+
     def _context(self, prompts: list[str], with_uncond: bool) -> dict:
         """Prompt context for the rows; with CFG, the unconditional rows follow the conditional ones."""
         max_len = self.model.cfg.max_text_len

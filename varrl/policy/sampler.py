@@ -21,6 +21,10 @@ class SamplerConfigError(ValueError):
     pass
 
 
+class NonFiniteError(RuntimeError):
+    """The policy produced NaN/inf (logits, loss or weights): training diverged."""
+
+
 @dataclass
 class SamplerConfig:
     """How tokens are drawn, and which log-probs are stored with a trajectory."""
@@ -102,6 +106,8 @@ def draw(logits_BlV: torch.Tensor, generator: torch.Generator | None) -> torch.T
     """Sample one token per position from softmax(logits) -> idx [B, l]."""
     B, l, V = logits_BlV.shape
     probs = logits_BlV.float().softmax(dim=-1).view(B * l, V)
+    if not torch.isfinite(probs).all():
+        raise NonFiniteError("the policy produced non-finite logits while sampling")
     if generator is not None and generator.device != probs.device:
         # A CPU generator drives GPU sampling too: the draws then follow the seed on any device.
         return torch.multinomial(probs.cpu(), 1, generator=generator).view(B, l).to(logits_BlV.device)

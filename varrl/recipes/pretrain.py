@@ -7,19 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from varrl.config import load_config, save_config
+from varrl.config import RunConfig, load_config, save_config
 from varrl.data.synth import SynthConfig
 from varrl.models.nano import NanoConfig
 from varrl.models.tokenizer import TokenizerConfig
-
-
-@dataclass
-class RunConfig:
-    """Where a run lives and how it is seeded."""
-
-    name: str = "pretrain"
-    dir: str = "runs"
-    seed: int = 0
 
 
 @dataclass
@@ -78,7 +69,7 @@ class ModelTrainConfig:
 class PretrainConfig:
     """Everything `varrl pretrain` needs; the model part is what ships."""
 
-    run: RunConfig = field(default_factory=RunConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="pretrain"))
     stage: Literal["all", "tokenizer", "model"] = "all"
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_data: SynthConfig = field(default_factory=SynthConfig)

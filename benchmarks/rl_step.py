@@ -1,0 +1,90 @@
+"""Where an RL step's time goes, for the default `varrl train` config (or any config + overrides).
+
+Prints seconds per step split into rollout / reward wait / update, the share of the reward's
+work that the overlap with sampling hid, and the update's FLOP rate as a fraction of this
+machine's fp32 matmul rate, measured in the same process with the same threads.
+
+    python benchmarks/rl_step.py [--config F] [--steps 3] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from varrl.algorithms.grpo import group_advantages
+from varrl.config import load_config
+from varrl.trainer.config import TrainRunConfig
+from varrl.trainer.dist import DistInfo
+from varrl.trainer.loop import Trainer
+from varrl.trainer.rollout import rollout_and_score
+from varrl.trainer.update import UpdatePlan, policy_update
+from varrl.viz import to_uint8
+
+
+def matmul_rate(n: int = 1024, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    cfg: TrainRunConfig = load_config(TrainRunConfig, args.config, args.overrides)
+    tc = cfg.train
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {tc.prompts_per_step} prompts x "
+              f"{tc.group_size} samples = {tc.prompts_per_step * tc.group_size} images per step; "
+              f"reward {list(cfg.reward.weights)}")
+        trainer.step(0)  # warm-up: OCR workers start, kernels are chosen
+        rows = [trainer.step(s) for s in range(1, args.steps + 1)]
+        rollout_s, wait_s, update_s = (float(np.mean([r[k] for r in rows]))
+                                       for k in ("perf/rollout_s", "perf/reward_s", "perf/update_s"))
+        # The reward's own cost: score one batch's images with nothing else running.
+        records = [trainer.train_prompts[i] for i in range(tc.prompts_per_step)]
+        batch = rollout_and_score(trainer.policy, records, tc.group_size, cfg.sampler, trainer.gen, trainer.reward,
+                                  tc.micro_batch)
+        images = to_uint8(trainer.policy.decode(batch.traj))
+        meta = [r.reward_meta() for r in records for _ in range(tc.group_size)]
+        t0 = time.perf_counter()
+        trainer.reward.submit(images, batch.traj.prompts, meta).result()
+        reward_alone_s = time.perf_counter() - t0
+        # FLOPs of one update on that batch (counted, not timed: the counter slows the pass down).
+        adv = group_advantages(torch.from_numpy(batch.reward.scores), batch.traj.group).float()
+        plan = UpdatePlan(steps=list(range(trainer.policy.schedule.num_steps)))
+        with FlopCounterMode(display=False) as fc:
+            policy_update(trainer.policy, trainer.ref_policy, batch.traj, adv, plan, cfg.rl, tc, trainer.optimizer,
+                          DistInfo())
+        flops = fc.get_total_flops()
+        trainer.reward.close()
+    peak = matmul_rate()
+    step_s = rollout_s + wait_s + update_s
+    hidden = max(0.0, 1.0 - wait_s / reward_alone_s) if reward_alone_s > 0 else 1.0
+    achieved = flops / update_s
+    print(f"seconds per step (mean of {args.steps}): {step_s:.2f}")
+    print(f"  rollout (sample + decode)  {rollout_s:7.2f} s")
+    print(f"  reward wait after sampling {wait_s:7.2f} s")
+    print(f"  update                     {update_s:7.2f} s")
+    print(f"reward alone on one batch: {reward_alone_s:.2f} s; share hidden by the overlap: {hidden:.0%}")
+    print(f"update: {flops / 1e9:.1f} GFLOP in {update_s:.2f} s = {achieved / 1e9:.1f} GFLOP/s; "
+          f"torch fp32 matmul here: {peak / 1e9:.1f} GFLOP/s -> {achieved / peak:.0%} of it")
+
+
+if __name__ == "__main__":
+    main()

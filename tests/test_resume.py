@@ -1,0 +1,56 @@
+"""A run killed with SIGKILL and resumed ends exactly where an uninterrupted run ends."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+from tinymodel import build_tiny, write_model_dir
+
+
+def run_args(model, run_dir, name):
+    return [sys.executable, "-m", "varrl", "train", f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}",
+            "reward.weights={brightness: 1.0}", "train.prompts_per_step=2", "train.group_size=4", "train.steps=12",
+            "train.eval_every=4", "train.save_every=1", "train.eval_prompts=4", "train.micro_batch=4",
+            "train.lr=3e-3", "train.warmup=2", "train.threads=1", "sampler.cfg=1.5", "sampler.top_k=20"]
+
+
+def without_perf(path):
+    out = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        out.append({k: v for k, v in rec.items() if not k.startswith("perf/")})
+    return out
+
+
+@pytest.mark.parametrize("kill_after", [3, 7])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
+    model = tmp_path / "model"
+    write_model_dir(model, *build_tiny(model_kwargs=dict(max_text_len=128)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(run_args(model, tmp_path, "full"), env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(run_args(model, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints" / f"step_{kill_after:08d}"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = subprocess.run([sys.executable, "-m", "varrl", "train", "--resume", str(tmp_path / "killed")],
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    assert without_perf(tmp_path / "killed" / "metrics.jsonl") == without_perf(tmp_path / "full" / "metrics.jsonl")
+    a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "last" / "model.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+    ra = json.loads((tmp_path / "full" / "report.json").read_text())["eval"]
+    rb = json.loads((tmp_path / "killed" / "report.json").read_text())["eval"]
+    assert ra == rb and [e["step"] for e in ra] == [0, 4, 8, 12]

@@ -1,0 +1,91 @@
+"""Prompt sources for RL: records with the words to render, from the synthetic generator or a JSONL file.
+
+A source is indexable by an ever-growing integer (the data position): step s of a run uses records
+s*P .. s*P+P-1, so the position is just the step and resume needs nothing else."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from varrl.data.synth import SynthConfig, SynthGenerator
+from varrl.eval.textmetrics import quoted_words
+
+
+class PromptFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    prompt: str
+    words: tuple[str, ...]
+    """the words the image must show (lower-cased); default: the quoted spans of the prompt"""
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def reward_meta(self) -> dict:
+        return {**self.meta, "words": list(self.words)}
+
+
+class SynthPrompts:
+    """Prompts of the synthetic generator's `split` ("train" or "heldout": disjoint word lists)."""
+
+    def __init__(self, config: SynthConfig, split: str, seed: int):
+        self._gen = SynthGenerator(config, split, seed)
+
+    def __getitem__(self, index: int) -> PromptRecord:
+        s = self._gen.sample(index)
+        return PromptRecord(s.prompt, tuple(w.lower() for w in s.words), {"regions": len(s.words)})
+
+    def __len__(self) -> int:
+        return 2**62  # unbounded: every index is a new sample
+
+
+class JsonlPrompts:
+    """One JSON object per line: {"prompt": str, "words": [str, ...] (optional), ...}; other keys are
+    kept as metadata. Indices past the end wrap around (epochs over the file)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise PromptFileError(f"prompts file not found: {self.path}")
+        self.records: list[PromptRecord] = []
+        self.lines: list[int] = []  # the file line of each record, for error messages
+        for lineno, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                self.records.append(_parse_line(line, f"{self.path}:{lineno}"))
+                self.lines.append(lineno)
+        if not self.records:
+            raise PromptFileError(f"{self.path} holds no prompts (expected one JSON object per line)")
+
+    def __getitem__(self, index: int) -> PromptRecord:
+        return self.records[index % len(self.records)]
+
+    def check(self, check_prompt) -> None:
+        """Run check_prompt(prompt) on every record; its ValueError comes back naming file and line."""
+        for rec, lineno in zip(self.records, self.lines):
+            try:
+                check_prompt(rec.prompt)
+            except ValueError as e:
+                raise PromptFileError(f"{self.path}:{lineno}: {e}") from e
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _parse_line(line: str, where: str) -> PromptRecord:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
+                              'expected one object per line like {"prompt": "a sign that says \\"OPEN\\""}') from e
+    if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+        raise PromptFileError(f'{where}: each line needs a non-empty string field "prompt"')
+    words = obj.get("words")
+    if words is None:
+        words = quoted_words(obj["prompt"])
+    elif not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
+        raise PromptFileError(f'{where}: "words" must be a list of strings')
+    meta = {k: v for k, v in obj.items() if k not in ("prompt", "words")}
+    return PromptRecord(obj["prompt"], tuple(w.lower() for part in words for w in part.split()), meta)

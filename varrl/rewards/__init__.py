@@ -1,0 +1,48 @@
+"""Rewards for RL fine-tuning: a batch of images and prompts in, one score per image out.
+
+Add a reward by writing a `Reward` subclass with its own settings dataclass, then adding it to
+`REWARDS` and a field of that name to `RewardConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from varrl.rewards.base import CombinedReward, Pending, Reward, RewardResult, check_inputs
+from varrl.rewards.simple import BrightnessConfig, BrightnessReward
+from varrl.rewards.text_ocr import TextOcrConfig, TextOcrReward, text_ocr_terms
+
+REWARDS: dict[str, tuple[type[Reward], type]] = {
+    "text_ocr": (TextOcrReward, TextOcrConfig),
+    "brightness": (BrightnessReward, BrightnessConfig),
+}
+
+
+@dataclass
+class RewardConfig:
+    """Which rewards to use, their weights, and each reward's settings."""
+
+    weights: dict[str, float] = field(default_factory=lambda: {"text_ocr": 1.0})
+    """reward name -> weight in the sum; a weight of 0 computes and logs a reward without training on it"""
+    text_ocr: TextOcrConfig = field(default_factory=TextOcrConfig)
+    brightness: BrightnessConfig = field(default_factory=BrightnessConfig)
+
+
+def build_reward(cfg: RewardConfig) -> Reward:
+    """The weighted sum of the rewards named in cfg.weights.
+
+    Always a CombinedReward, even for one reward, so the trainer sees the same component names
+    (`text_ocr`, `text_ocr/comp`, ...) whatever the mix."""
+    if not cfg.weights:
+        raise ValueError(f"reward weights are empty; name at least one of {sorted(REWARDS)}")
+    unknown = [name for name in cfg.weights if name not in REWARDS]
+    if unknown:
+        raise ValueError(f"unknown reward(s) {unknown}; valid names: {sorted(REWARDS)}")
+    parts = [(REWARDS[name][0](getattr(cfg, name)), weight) for name, weight in cfg.weights.items()]
+    return CombinedReward(parts)
+
+
+__all__ = [
+    "REWARDS", "BrightnessConfig", "BrightnessReward", "CombinedReward", "Pending", "Reward", "RewardConfig",
+    "RewardResult", "TextOcrConfig", "TextOcrReward", "build_reward", "check_inputs", "text_ocr_terms",
+]

@@ -1,0 +1,155 @@
+"""The OCR text-rendering reward of arXiv 2601.02256 (Eq. 11-15): completeness + similarity - penalty.
+
+Targets g_1..g_N are the words the prompt asks for; reads p_1..p_M with confidences s_i are what
+the OCR engine found. All words are lower-cased.
+
+    LD(x, y) = 1 - Lev(x, y) / (max(|x|, |y|) + 1e-8)
+    Comp     = 1/N sum_g [g in P] min_{i: p_i = g} s_i         every target read exactly, weakest read counts
+    Sim      = 1/N sum_g LD(g, p_i*) s_i*, i* = argmax_i LD(g, p_i)   partial credit for near misses
+    Pen      = lam BagDist(cat(p), cat(g)) / (|cat(p)| + |cat(g)|)     junk, missing or repeated letters
+    reward   = Comp + Sim - Pen
+
+So a perfect read at confidence s scores 2s, and a blank image scores -lam.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from varrl.eval.textmetrics import ned_similarity, quoted_words, word_hits
+from varrl.ocr import OcrConfig, OcrPool, OcrWord
+from varrl.rewards.base import Pending, Reward, RewardResult, check_inputs
+
+TERMS = ("comp", "sim", "pen", "reward", "word_acc", "ned")
+_LD_EPS = 1e-8
+# LD values closer than this are a tie for i*: the 1e-8 in LD's denominator makes equal ratios such as
+# 1/4 and 2/8 differ by ~1e-9, while distinct ratios of words under 1000 letters differ by > 1e-6.
+_TIE_TOL = 1e-6
+
+
+def ld(x: str, y: str) -> float:
+    """Normalised Levenshtein similarity of the paper: 1 for equal strings, 0 when nothing is shared."""
+    return 1.0 - Levenshtein.distance(x, y) / (max(len(x), len(y)) + _LD_EPS)
+
+
+def bag_distance(a: str, b: str) -> int:
+    """Size of the symmetric difference of the two strings' character multisets."""
+    ca, cb = Counter(a), Counter(b)
+    return sum(abs(ca[c] - cb[c]) for c in ca.keys() | cb.keys())
+
+
+def text_ocr_terms(targets: list[str], reads: list[tuple[str, float]], lam: float = 0.6) -> dict[str, float]:
+    """Comp, Sim, Pen and the reward for one image, plus word accuracy and NED for logging.
+
+    targets: the words asked for (split on whitespace, lower-cased here); reads: (text, confidence)
+    per OCR word. With no targets the reward does not apply and every value is NaN. Ties for the
+    closest read in Sim go to the read with the higher confidence (the paper leaves them open)."""
+    g = [w for t in targets for w in t.lower().split()]
+    if not g:
+        return dict.fromkeys(TERMS, math.nan)
+    p = [(text.lower(), float(s)) for text, s in reads]
+    n = len(g)
+
+    comp = sum(min((s for text, s in p if text == w), default=0.0) for w in g) / n
+
+    sim = 0.0
+    for w in g:
+        lds = [ld(w, text) for text, _ in p]
+        if not lds:
+            continue  # nothing was read: no partial credit
+        best = max(lds)
+        s_star, ld_star = max((s, v) for v, (_, s) in zip(lds, p) if v >= best - _TIE_TOL)
+        sim += ld_star * s_star
+    sim /= n
+
+    cat_p, cat_g = "".join(text for text, _ in p), "".join(g)
+    denom = len(cat_p) + len(cat_g)
+    pen = lam * bag_distance(cat_p, cat_g) / denom if denom else 0.0
+
+    texts = [text for text, _ in p]
+    return {
+        "comp": comp,
+        "sim": sim,
+        "pen": pen,
+        "reward": comp + sim - pen,
+        "word_acc": word_hits(g, texts) / n,
+        "ned": sum(ned_similarity(w, texts) for w in g) / n,
+    }
+
+
+def target_words(prompt: str, meta: dict) -> list[str]:
+    """meta["words"] when given (a list of words or one string), else the quoted words of the prompt."""
+    words = meta.get("words")
+    if words is None:
+        return quoted_words(prompt)
+    if isinstance(words, str):
+        words = [words]  # a bare string would otherwise be iterated letter by letter
+    return [w for phrase in words for w in str(phrase).lower().split()]
+
+
+@dataclass
+class TextOcrConfig:
+    """Settings of the OCR text reward."""
+
+    lam: float = 0.6
+    """weight of the character bag-distance penalty (lambda in the paper)"""
+    workers: int = 1
+    """OCR worker processes (0: read in this process)"""
+    ocr: OcrConfig = field(default_factory=OcrConfig)
+
+
+class TextOcrReward(Reward):
+    """Reads each image with OCR and scores it against the prompt's quoted words.
+
+    Images whose prompt asks for no text get NaN and are not sent to OCR at all (no reads, no boxes),
+    so mixed batches pay for OCR only where the reward applies."""
+
+    name = "text_ocr"
+
+    def __init__(self, config: TextOcrConfig | None = None):
+        self.config = config or TextOcrConfig()
+        self._pool: OcrPool | None = None
+
+    def _ocr(self) -> OcrPool:
+        # Created on first use: starting worker processes and loading the OCR models takes seconds.
+        if self._pool is None:
+            self._pool = OcrPool(self.config.ocr, self.config.workers)
+        return self._pool
+
+    def __call__(self, images_BHW3: np.ndarray, prompts: list[str], meta: list[dict]) -> RewardResult:
+        return self.submit(images_BHW3, prompts, meta).result()
+
+    def submit(self, images_BHW3: np.ndarray, prompts: list[str], meta: list[dict]) -> Pending:
+        B = check_inputs(images_BHW3, prompts, meta)
+        targets = [target_words(p, m) for p, m in zip(prompts, meta)]
+        todo = [i for i in range(B) if targets[i]]
+        # Copies: the pool pickles images from a background thread after submit returns, and the
+        # caller may refill its batch buffer before that.
+        handle = self._ocr().submit([images_BHW3[i].copy() for i in todo]) if todo else []
+        return Pending(lambda: self._score(B, targets, todo, OcrPool.result(handle)))
+
+    def _score(self, B: int, targets: list[list[str]], todo: list[int], reads: list[list[OcrWord]]) -> RewardResult:
+        words: list[list[OcrWord]] = [[] for _ in range(B)]
+        for i, r in zip(todo, reads):
+            words[i] = r
+        # Confidences are clipped to [0, 1], the range the formulas assume, against engine rounding.
+        terms = [
+            text_ocr_terms(t, [(w.text, min(1.0, max(0.0, w.score))) for w in ws], self.config.lam)
+            for t, ws in zip(targets, words)
+        ]
+        return RewardResult(
+            scores=np.array([t["reward"] for t in terms]),
+            boxes=[[w.box for w in ws] for ws in words],
+            components={k: np.array([t[k] for t in terms]) for k in TERMS if k != "reward"},
+            texts=[[w.text for w in ws] for ws in words],
+        )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

@@ -1,0 +1,104 @@
+"""The typed config of `varrl train`: every default lives here, and unknown keys are errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from varrl.config import RunConfig
+from varrl.data.synth import SynthConfig
+from varrl.policy.sampler import SamplerConfig
+from varrl.rewards import RewardConfig
+
+
+def nano_text_data() -> SynthConfig:
+    """The distribution the shipped nano model was pretrained on (configs/pretrain_nano.yaml)."""
+    return SynthConfig(case="upper", word_len=(3, 7), fonts=("DejaVuSans-Bold", "DejaVuSerif-Bold",
+                       "DejaVuSansMono-Bold"), background="plain", region_mix={"1": 0.6, "2": 0.4}, cap_px=(14, 24))
+
+
+@dataclass
+class PolicyConfig:
+    path: str | None = None
+    """model directory to start from (default: the shipped nano model)"""
+    device: str = "cpu"
+    """torch device: 'cpu', 'cuda', 'cuda:1' or 'auto' (under torchrun, cuda means cuda:<local rank>)"""
+
+
+@dataclass
+class TrainConfig:
+    """The RL optimisation: batch shape, optimiser, cadence of evals and checkpoints."""
+
+    steps: int = 60
+    prompts_per_step: int = 4
+    """prompts per update, over all ranks together"""
+    group_size: int = 8
+    """samples per prompt (G): advantages are normalised within these groups"""
+    lr: float = 3e-5
+    warmup: int = 5
+    """steps of linear LR warm-up"""
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    """max global gradient norm (0: no clipping)"""
+    epochs: int = 1
+    """updates per batch of rollouts (1 = on-policy: the ratio is exactly 1)"""
+    micro_batch: int = 16
+    """rows per teacher-forced pass (gradients accumulate over micro-batches)"""
+    eval_every: int = 20
+    """held-out evaluation every n steps (and at step 0 and at the end); 0: only at the ends"""
+    eval_prompts: int = 32
+    save_every: int = 10
+    keep_checkpoints: int = 2
+    samples_in_grid: int = 16
+    """images per samples/step_XXXXXX.png grid (taken from the evaluation)"""
+    threads: int = 0
+    """torch intra-op threads (0: torch's default)"""
+
+
+@dataclass
+class RlConfig:
+    """The policy-gradient objective."""
+
+    method: Literal["grpo"] = "grpo"
+    adv_norm: Literal["group", "batch", "none"] = "group"
+    """divide the centred rewards by the group std, the batch std, or nothing"""
+    adv_clip: float | None = None
+    """clip advantages to +-adv_clip (null: no clipping)"""
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_beta: float = 0.01
+    """k3 KL to the frozen starting policy, per token (0: no reference model is kept)"""
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from: the synthetic generator (train and held-out words are disjoint) or files."""
+
+    synth: SynthConfig = field(default_factory=nano_text_data)
+    prompts_file: str | None = None
+    """JSONL training prompts ({"prompt": ..., "words": [...]}); replaces the synthetic train split"""
+    eval_prompts_file: str | None = None
+    """JSONL evaluation prompts; default: the synthetic held-out split"""
+
+
+@dataclass
+class TrainRunConfig:
+    """Everything `varrl train` needs."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="nano_text"))
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rl: RlConfig = field(default_factory=RlConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """rollout sampling (CFG, truncation) and the log-prob mode the update uses"""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        t = self.train
+        for name in ("steps", "prompts_per_step", "group_size", "micro_batch", "epochs", "eval_prompts"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        if t.group_size < 2:
+            raise ValueError("train.group_size must be >= 2: GRPO compares samples within a group")

@@ -1,0 +1,56 @@
+"""Held-out evaluation during training: one sample per prompt with a fixed seed (the same noise at
+every evaluation, so curves compare weights, not luck), scored by the training reward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from varrl.data.prompts import PromptRecord
+from varrl.policy.sampler import SamplerConfig
+from varrl.rewards import Reward
+from varrl.trainer.dist import DistInfo, gather_objects
+from varrl.trainer.rollout import cat_results, rollout_and_score
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float | None]
+    images: np.ndarray  # uint8 [N, H, W, 3] (on rank 0; empty elsewhere)
+    captions: list[str]
+
+
+def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: int, reward: Reward,
+             rows_per_chunk: int, info: DistInfo) -> EvalResult:
+    mine = [records[i] for i in np.array_split(np.arange(len(records)), info.world)[info.rank]]
+    # Per-rank seeds differ so that two ranks never draw the same noise for different prompts.
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 7 + info.rank)
+    if mine:
+        batch = rollout_and_score(policy, mine, 1, sampler, gen, reward, rows_per_chunk)
+        part = (batch.images, batch.reward)
+    else:
+        part = None
+    parts = [p for p in gather_objects(info, part) if p is not None]
+    images = np.concatenate([p[0] for p in parts])
+    res = cat_results([p[1] for p in parts])
+    metrics: dict[str, float | None] = {"reward_mean": float(np.nanmean(res.scores)) if np.isfinite(res.scores).any()
+                                        else None}
+    # Word accuracy and NED pooled over target words (a 2-word prompt counts twice), when the
+    # reward reads text; other rewards report them as null.
+    n_words = np.array([len(r.words) for r in records], dtype=np.float64)
+    for key in ("word_acc", "ned"):
+        comp = next((v for k, v in res.components.items() if k.endswith("/" + key)), None)
+        ok = None if comp is None else np.isfinite(comp) & (n_words > 0)
+        metrics[key] = None
+        if ok is not None and ok.any():
+            metrics[key] = float((comp[ok] * n_words[ok]).sum() / n_words[ok].sum())
+    for k, v in res.components.items():
+        if np.isfinite(v).any():
+            metrics[f"reward/{k}"] = float(np.nanmean(v))
+    captions = []
+    for i, r in enumerate(records):
+        read = "" if res.texts is None else " | read: " + " ".join(res.texts[i])
+        captions.append(f"{r.prompt} | R={res.scores[i]:.2f}{read}")
+    return EvalResult(metrics, images, captions)

@@ -1,0 +1,197 @@
+"""The RL loop, top to bottom: rollouts -> rewards -> advantages -> update, with held-out
+evaluations, checkpoints that resume bit-identically, and the run directory's report."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from varrl.algorithms.grpo import degenerate_groups, group_advantages
+from varrl.checkpoint import latest_checkpoint
+from varrl.data.prompts import JsonlPrompts, SynthPrompts
+from varrl.policy.load import load_policy, save_policy
+from varrl.policy.sampler import NonFiniteError
+from varrl.rewards import build_reward
+from varrl.trainer.config import TrainRunConfig
+from varrl.trainer.dist import DistInfo, barrier, gather_objects
+from varrl.trainer.evaluate import evaluate
+from varrl.trainer.report import RunWriter, plot_rewards, write_report
+from varrl.trainer.rollout import rollout_and_score
+from varrl.trainer.state import RngState, load_train_checkpoint, save_train_checkpoint
+from varrl.trainer.update import NonFiniteLossError, UpdatePlan, policy_update
+
+
+def prompt_sources(cfg: TrainRunConfig):
+    d = cfg.data
+    train = JsonlPrompts(d.prompts_file) if d.prompts_file else SynthPrompts(d.synth, "train", cfg.run.seed)
+    ev = JsonlPrompts(d.eval_prompts_file) if d.eval_prompts_file else SynthPrompts(d.synth, "heldout", cfg.run.seed)
+    return train, ev
+
+
+def warmup_lr(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / max(1, warmup))
+
+
+class Trainer:
+    """Holds what a run needs (policy, frozen reference, optimizer, generator, reward, writer) and
+    runs it: `run()` is the loop, `step()` one rollout -> reward -> advantage -> update round."""
+
+    def __init__(self, cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool):
+        self.cfg, self.run_dir, self.info, self.t_start = cfg, run_dir, info, time.perf_counter()
+        tc = cfg.train
+        if tc.threads > 0:
+            torch.set_num_threads(tc.threads)
+        torch.manual_seed(cfg.run.seed)
+        self.policy = load_policy(cfg.policy.path, device=pick_device(cfg.policy.device, info))
+        self.ref_policy = copy.deepcopy(self.policy) if cfg.rl.kl_beta > 0 else None  # frozen start
+        if self.ref_policy is not None:
+            self.ref_policy.model.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.policy.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
+                                           weight_decay=tc.weight_decay)
+        self.gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + info.rank)  # this rank's noise
+        self.train_prompts, eval_source = prompt_sources(cfg)
+        self.eval_records = [eval_source[i] for i in range(tc.eval_prompts)]
+        # Fail now, not an hour in, on a prompt the model cannot read.
+        for source in (self.train_prompts, eval_source):
+            if isinstance(source, JsonlPrompts):
+                source.check(lambda p: self.policy.check_prompts([p]))
+        self.policy.check_prompts([r.prompt for r in self.eval_records])
+        self.start = 0
+        ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
+        if ckpt is not None:
+            state, rng = load_train_checkpoint(ckpt, self.policy.model, self.optimizer, info.rank, info.world)
+            rng.restore(self.gen)
+            self.start = state["step"]
+        self.writer = RunWriter(run_dir, self.start if resume else None) if info.main else None
+        self.reward = build_reward(cfg.reward)
+        self.mine = info.shard(tc.prompts_per_step)
+
+    def run(self) -> dict | None:
+        tc = self.cfg.train
+        if self.start == 0:
+            self.evaluate(0)
+        bar = tqdm(range(self.start, tc.steps), initial=self.start, total=tc.steps, desc=f"train {self.run_dir.name}",
+                   dynamic_ncols=True, disable=not self.info.main)
+        step = self.start
+        try:
+            for step in bar:
+                m = self.step(step)
+                if m is not None:
+                    bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl=f"{m['policy/kl']:.4f}",
+                                    img_s=f"{m['perf/images_per_s']:.1f}")
+                last = step + 1 == tc.steps
+                if last or (tc.eval_every and (step + 1) % tc.eval_every == 0):
+                    self.evaluate(step + 1)
+                if last or (step + 1) % tc.save_every == 0:
+                    self.save(step + 1)
+        except NonFiniteError as e:
+            good = latest_checkpoint(self.run_dir / "checkpoints")
+            raise NonFiniteLossError(f"step {step + 1}: {e}. The run stopped; the last good checkpoint is "
+                                     f"{good or 'none (no step finished)'}. Lower train.lr or raise rl.kl_beta, "
+                                     f"then resume with --resume {self.run_dir}") from None
+        finally:
+            self.reward.close()
+        return self.finish()
+
+    def step(self, step: int) -> dict | None:
+        cfg, tc, info = self.cfg, self.cfg.train, self.info
+        lr = warmup_lr(step, tc.lr, tc.warmup)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        # 1. Rollouts: this rank's prompts, a whole group each; rewards scored while sampling goes on.
+        records = [self.train_prompts[step * tc.prompts_per_step + i] for i in self.mine]
+        batch = rollout_and_score(self.policy, records, tc.group_size, cfg.sampler, self.gen, self.reward,
+                                  tc.micro_batch, self.mine.start)
+        # 2. Advantages over the gathered batch (the same numbers on every rank), then this rank's rows.
+        scores = torch.from_numpy(batch.reward.scores)
+        every = gather_objects(info, (scores, batch.traj.group))
+        all_scores, all_groups = torch.cat([s for s, _ in every]), torch.cat([g for _, g in every])
+        adv_all = group_advantages(all_scores, all_groups, cfg.rl.adv_norm, clip=cfg.rl.adv_clip)
+        lo = sum(len(s) for s, _ in every[: info.rank])
+        adv_B = adv_all[lo: lo + len(scores)].float()
+        skipped, flat = degenerate_groups(all_scores, all_groups)
+        if skipped and info.main:
+            tqdm.write(f"warning: step {step + 1}: {skipped} prompt group(s) got only NaN rewards; skipped")
+        # 3. Update on the rows that have a reward.
+        keep = torch.nonzero(~torch.isnan(scores)).flatten()
+        t0 = time.perf_counter()
+        plan = UpdatePlan(steps=list(range(self.policy.schedule.num_steps)))
+        upd = policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep], plan, cfg.rl, tc,
+                            self.optimizer, info)
+        update_s = time.perf_counter() - t0
+        # 4. Log, reduced over ranks.
+        parts = gather_objects(info, (batch.reward.components, upd, batch.rollout_s, batch.reward_wait_s, update_s))
+        if self.writer is None:
+            return None
+        m = step_metrics(all_scores, parts, skipped, flat, lr, len(all_scores))
+        self.writer.metrics(step + 1, m)
+        return m
+
+    def evaluate(self, at: int) -> None:
+        tc = self.cfg.train
+        res = evaluate(self.policy, self.eval_records, self.cfg.sampler, self.cfg.run.seed, self.reward,
+                       tc.micro_batch, self.info)
+        if self.writer is not None:
+            self.writer.metrics(at, {f"eval/{k}": v for k, v in res.metrics.items()})
+            self.writer.samples(at, res.images, res.captions, tc.samples_in_grid)
+            tqdm.write(f"eval @ step {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.metrics.items()
+                                                          if v is not None and "/" not in k))
+
+    def save(self, at: int) -> None:
+        rngs = gather_objects(self.info, RngState.capture(self.gen))
+        if self.info.main:
+            save_train_checkpoint(self.run_dir / "checkpoints", at, self.policy.model, self.optimizer, rngs,
+                                  {"data_position": at * self.cfg.train.prompts_per_step},
+                                  self.cfg.train.keep_checkpoints)
+            save_policy(self.policy, self.run_dir / "last", {"trained": {"rl_steps": at, "run": self.run_dir.name}})
+        barrier(self.info)
+
+    def finish(self) -> dict | None:
+        if self.writer is None:
+            return None
+        self.writer.close()
+        plot_rewards(self.run_dir)
+        tc = self.cfg.train
+        return write_report(self.run_dir, {"steps": tc.steps, "eval_prompts": tc.eval_prompts,
+                                           "method": self.cfg.rl.method,
+                                           "wall_s": round(time.perf_counter() - self.t_start, 1)})
+
+
+def train(cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool) -> dict | None:
+    """Run (or continue) the RL run in run_dir; returns the report on rank 0."""
+    return Trainer(cfg, run_dir, info, resume).run()
+
+
+def pick_device(name: str, info: DistInfo) -> str:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and info.world > 1:
+        name = f"cuda:{info.local_rank}"  # one GPU per process under torchrun
+    return name
+
+
+def step_metrics(scores: torch.Tensor, parts: list, skipped: int, flat: int, lr: float, rows: int) -> dict:
+    """Grouped metric names: reward/*, policy/*, perf/*; policy and perf are averaged over ranks."""
+    valid = scores[~torch.isnan(scores)]
+    m = {"reward/mean": valid.mean().item() if len(valid) else float("nan"),
+         "reward/std": valid.std(unbiased=False).item() if len(valid) else float("nan"),
+         "reward/skipped_groups": skipped, "reward/flat_groups": flat, "policy/lr": lr}
+    for k in parts[0][0]:
+        v = np.concatenate([p[0][k] for p in parts])
+        if np.isfinite(v).any():
+            m[f"reward/{k}"] = float(np.nanmean(v))
+    for k in parts[0][1]:
+        m[k] = float(np.mean([p[1][k] for p in parts]))
+    rollout_s = max(p[2] for p in parts)
+    reward_s = max(p[3] for p in parts)
+    update_s = max(p[4] for p in parts)
+    m.update({"perf/rollout_s": rollout_s, "perf/reward_s": reward_s, "perf/update_s": update_s,
+              "perf/images_per_s": rows / max(rollout_s + reward_s + update_s, 1e-9)})
+    return m
+
+

@@ -1,0 +1,118 @@
+"""What a run leaves behind besides checkpoints: metrics (JSONL, TensorBoard when installed), the
+reward plot, sample grids, and the final report.md / report.json. Only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from varrl.checkpoint import atomic_write_text
+from varrl.rundir import MetricLog
+from varrl.viz import image_grid
+
+
+class RunWriter:
+    def __init__(self, run_dir: Path, resume_step: int | None):
+        self.run_dir = run_dir
+        for sub in ("samples", "plots", "checkpoints"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.log = MetricLog(run_dir / "metrics.jsonl", resume_step)
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional: pip install tensorboard
+            SummaryWriter = None
+        if SummaryWriter is not None:
+            # purge_step drops events a killed run wrote past its last checkpoint.
+            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+
+    def metrics(self, step: int, values: dict) -> None:
+        self.log.write(step, values)
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and np.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def samples(self, step: int, images: np.ndarray, captions: list[str], n: int) -> Path:
+        path = self.run_dir / "samples" / f"step_{step:06d}.png"
+        image_grid(images[:n], captions[:n], cols=min(8, n), caption_lines=5).save(path)
+        return path
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln] if path.exists() else []
+
+
+def eval_rows(records: list[dict]) -> list[dict]:
+    return [{"step": r["step"], "reward_mean": r.get("eval/reward_mean"), "word_acc": r.get("eval/word_acc"),
+             "ned": r.get("eval/ned")} for r in records if "eval/reward_mean" in r]
+
+
+def plot_rewards(run_dir: Path) -> Path:
+    """plots/reward.png: the training reward per step and the held-out evaluations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_metrics(run_dir)
+    train = [(r["step"], r["reward/mean"]) for r in recs if "reward/mean" in r]
+    evals = eval_rows(recs)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    if train:
+        axes[0].plot(*zip(*train), color="0.6", lw=1, label="train (batch mean)")
+    ev = [(e["step"], e["reward_mean"]) for e in evals if e["reward_mean"] is not None]
+    if ev:
+        axes[0].plot(*zip(*ev), "o-", color="C0", label="held-out eval")
+    axes[0].set(xlabel="step", ylabel="reward", title="reward")
+    axes[0].legend(loc="best", fontsize=8)
+    for key, color in (("word_acc", "C1"), ("ned", "C2")):
+        pts = [(e["step"], e[key]) for e in evals if e[key] is not None]
+        if pts:
+            axes[1].plot(*zip(*pts), "o-", color=color, label=key)
+    axes[1].set(xlabel="step", title="held-out text metrics", ylim=(0, 1))
+    if axes[1].lines:
+        axes[1].legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = run_dir / "plots" / "reward.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: Path, summary: dict) -> dict:
+    """report.json ({"eval": [{step, reward_mean, word_acc, ned}, ...], ...}) and report.md."""
+    recs = read_metrics(run_dir)
+    evals = eval_rows(recs)
+    report = {"eval": evals, **summary}
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [f"# Run `{run_dir.name}`", ""]
+    if evals:
+        first, last = evals[0], evals[-1]
+        lines += [f"Held-out evaluation ({summary.get('eval_prompts', '?')} prompts, fixed seed): reward "
+                  f"{fmt(first['reward_mean'])} at step {first['step']} -> {fmt(last['reward_mean'])} at step "
+                  f"{last['step']}; word accuracy {fmt(first['word_acc'])} -> {fmt(last['word_acc'])}.", ""]
+    lines += ["| step | reward | word acc | NED |", "|---:|---:|---:|---:|"]
+    lines += [f"| {e['step']} | {fmt(e['reward_mean'])} | {fmt(e['word_acc'])} | {fmt(e['ned'])} |" for e in evals]
+    lines += ["", "![reward](plots/reward.png)", ""]
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    if grids:
+        lines += [f"First and last sample grids: `samples/{grids[0].name}`, `samples/{grids[-1].name}`", "",
+                  f"![last samples](samples/{grids[-1].name})", ""]
+    for k in ("steps", "wall_s", "method"):
+        if k in summary:
+            lines.append(f"- {k}: {summary[k]}")
+    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    return report

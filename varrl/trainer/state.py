@@ -1,0 +1,67 @@
+"""Everything a killed RL run needs to continue bit-identically: weights, optimizer, RNG states of
+every process and generator, and the step (which is also the data position)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from varrl.checkpoint import CheckpointError, load_object, load_state, load_tensors, save_checkpoint
+
+
+@dataclass
+class RngState:
+    """The RNG states of one process: torch's global generator, numpy, python, and the rollout generator."""
+
+    torch_state: torch.Tensor
+    numpy_state: list
+    python_state: list
+    rollout_state: torch.Tensor
+
+    @staticmethod
+    def capture(rollout_gen: torch.Generator) -> RngState:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        return RngState(torch.get_rng_state(), [name, keys.tolist(), pos, has_gauss, gauss],
+                        [version, list(internal), gauss_next], rollout_gen.get_state())
+
+    def restore(self, rollout_gen: torch.Generator) -> None:
+        torch.set_rng_state(self.torch_state)
+        name, keys, pos, has_gauss, gauss = self.numpy_state
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = self.python_state
+        random.setstate((version, tuple(internal), gauss_next))
+        rollout_gen.set_state(self.rollout_state)
+
+
+def save_train_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                          rngs: list[RngState], extra: dict, keep: int) -> Path:
+    """rngs: one per rank, in rank order. Tensors go to safetensors, the rest to JSON, the
+    optimizer to a .pt read back with weights_only=True."""
+    rng_tensors = {}
+    for r, s in enumerate(rngs):
+        rng_tensors[f"rank{r}.torch"] = s.torch_state
+        rng_tensors[f"rank{r}.rollout"] = s.rollout_state
+    state = {"step": step, "world": len(rngs), **extra,
+             "rng": [{"numpy": s.numpy_state, "python": s.python_state} for s in rngs]}
+    return save_checkpoint(root, step, {"model": model.state_dict(), "rng": rng_tensors}, state,
+                           {"optimizer": optimizer.state_dict()}, keep=keep)
+
+
+def load_train_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                          rank: int, world: int) -> tuple[dict, RngState]:
+    """Load weights and optimizer in place; return the JSON state and this rank's RNG state."""
+    state = load_state(ckpt)
+    saved_world = state.get("world", 1)
+    if saved_world != world:
+        raise CheckpointError(f"{ckpt} was written by {saved_world} processes but this run has {world}; resume "
+                              f"with the same number of processes (torchrun --nproc-per-node {saved_world})")
+    model.load_state_dict(load_tensors(ckpt / "model.safetensors"))
+    optimizer.load_state_dict(load_object(ckpt / "optimizer.pt"))
+    rng = load_tensors(ckpt / "rng.safetensors")
+    js = state["rng"][rank]
+    return state, RngState(rng[f"rank{rank}.torch"], js["numpy"], js["python"], rng[f"rank{rank}.rollout"])

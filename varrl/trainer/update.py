@@ -1,0 +1,103 @@
+"""One policy update on a batch of scored trajectories: the clipped GRPO objective with a KL term,
+accumulated over micro-batches, gradients averaged over ranks, clipped, one optimizer step per epoch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from varrl.algorithms.grpo import aggregate, clipped_policy_term, k3_kl
+from varrl.policy.sampler import NonFiniteError
+from varrl.policy.trajectory import Trajectory
+from varrl.trainer.config import RlConfig, TrainConfig
+from varrl.trainer.dist import DistInfo, average_gradients_, broadcast_flag
+
+
+class NonFiniteLossError(NonFiniteError):
+    pass
+
+
+@dataclass
+class UpdatePlan:
+    """Which steps this update trains, and how their token terms are weighted and masked.
+
+    Plain GRPO trains every step with weight 1 and no mask; the paper's method (VMR stages,
+    PANW, MP) only changes this plan, never the update itself."""
+
+    steps: list[int]  # 0-based steps whose tokens carry loss
+    weights: list[float] | None = None  # per trained step (None: all 1)
+    masks: list[torch.Tensor] | None = None  # per trained step, [B, n_t] in {0, 1} (None: all on)
+    mask_kl: bool = False
+
+
+def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, plan: UpdatePlan,
+                  rl: RlConfig, train: TrainConfig, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
+    """Returns metrics averaged over epochs and tokens (`policy/*`)."""
+    B = traj.batch_size
+    params = [p for p in policy.parameters() if p.requires_grad]
+    chunks = [list(range(i, min(B, i + train.micro_batch))) for i in range(0, B, train.micro_batch)]
+    old, ref = [None] * len(chunks), [None] * len(chunks)
+    sums = {"ratio": 0.0, "clip": 0.0, "kl": 0.0, "tokens": 0.0, "loss": 0.0, "first_dev": 0.0,
+            "entropy": 0.0, "drift": 0.0}
+    grad_norm = 0.0
+    for epoch in range(train.epochs):
+        optimizer.zero_grad(set_to_none=True)
+        for c, rows in enumerate(chunks):
+            sub = traj.select(rows)
+            lp = policy.logprobs(sub, plan.steps)
+            if epoch == 0:
+                # The first pass runs the rollout's own weights: its values are the old log-probs,
+                # so the ratio is exactly 1 at the first update (on-policy, no extra forward pass).
+                old[c] = [x.detach() for x in lp]
+                if rl.kl_beta > 0:
+                    with torch.no_grad():
+                        ref[c] = ref_policy.logprobs(sub, plan.steps)
+            terms, stats = _token_terms(lp, old[c], ref[c], adv_B[rows].to(lp[0].device), plan, rows, rl)
+            loss_b = aggregate(terms, plan.weights, None)
+            (loss_b.sum() / B).backward()
+            for k in ("ratio", "clip", "kl", "tokens"):
+                sums[k] += stats[k]
+            sums["loss"] += loss_b.detach().sum().item() / B
+            if epoch == 0:
+                sums["first_dev"] = max(sums["first_dev"], stats["max_dev"])
+                sums["entropy"] += -sum(o.sum().item() for o in old[c])
+                stored = [sub.logprobs[t].to(o.device) for t, o in zip(plan.steps, old[c])]
+                sums["drift"] = max(sums["drift"], max((o - s).abs().max().item() for o, s in zip(old[c], stored)))
+        bad = not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+        if broadcast_flag(info, bad or not math.isfinite(sums["loss"])):
+            raise NonFiniteLossError("the loss or its gradient is not finite; the update was not applied")
+        average_gradients_(info, params)
+        if train.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip).item()
+        optimizer.step()
+        if not all(torch.isfinite(p).all() for p in params):
+            raise NonFiniteLossError("the update made the weights non-finite")
+    n_tok = max(sums["tokens"], 1.0)
+    first_tokens = sum(sum(o.numel() for o in ol) for ol in old)
+    return {"policy/loss": sums["loss"] / train.epochs, "policy/ratio_mean": sums["ratio"] / n_tok,
+            "policy/clipfrac": sums["clip"] / n_tok, "policy/kl": sums["kl"] / n_tok,
+            "policy/entropy": sums["entropy"] / max(first_tokens, 1), "policy/grad_norm": grad_norm,
+            "policy/ratio_dev_first": sums["first_dev"], "policy/logprob_drift": sums["drift"]}
+
+
+def _token_terms(lp, old, ref, adv_b, plan: UpdatePlan, rows, rl: RlConfig):
+    """Per trained step: the masked policy term plus beta * KL (masked only with mask_kl)."""
+    terms = []
+    stats = {"ratio": 0.0, "clip": 0.0, "kl": 0.0, "tokens": 0.0, "max_dev": 0.0}
+    for t, (lp_t, old_t) in enumerate(zip(lp, old)):
+        pg_Bl, clipped_Bl = clipped_policy_term(lp_t, old_t, adv_b, rl.clip_low, rl.clip_high)
+        mask = None if plan.masks is None else plan.masks[t][rows].to(lp_t.device, lp_t.dtype)
+        term = pg_Bl if mask is None else pg_Bl * mask
+        if ref is not None:
+            kl_Bl = k3_kl(lp_t, ref[t])
+            term = term + rl.kl_beta * (kl_Bl * mask if (mask is not None and plan.mask_kl) else kl_Bl)
+            stats["kl"] += kl_Bl.detach().sum().item()
+        terms.append(term)
+        ratio = torch.exp(lp_t.detach() - old_t)
+        stats["ratio"] += ratio.sum().item()
+        stats["clip"] += clipped_Bl.float().sum().item()
+        stats["tokens"] += ratio.numel()
+        stats["max_dev"] = max(stats["max_dev"], (ratio - 1).abs().max().item())
+    return terms, stats
