@@ -1,7 +1,7 @@
 """Does the model render readable text? OCR word accuracy on held-out one- and two-word prompts.
 
 Held-out prompts use words that pretraining never saw (every 10th word of the list), drawn from
-the distribution the model was pretrained on. Sampled with the default sampler.
+the distribution the model was pretrained on. Sampled with the default sampler unless options say otherwise.
 
     python benchmarks/ocr_nano.py [--checkpoint DIR] [--prompts 64] [--seed 0] [--grid out.png]
 """
@@ -27,6 +27,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cfg", type=float, default=varrl.SamplerConfig().cfg)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=0.0)
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--grid", default=None, help="write the samples with OCR reads to this PNG")
     args = ap.parse_args()
     policy = varrl.load_policy(args.checkpoint)
@@ -34,10 +37,11 @@ def main() -> None:
     meta = json.loads((__import__("pathlib").Path(meta_dir) / "config.json").read_text())
     data = from_dict(SynthConfig, meta["trained"]["data"]) if "trained" in meta else SynthConfig()
     prompts, words = heldout_prompts(data, args.prompts, max_regions=2, seed=args.seed)
+    sampler = varrl.SamplerConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
     t0 = time.perf_counter()
     with OcrPool(workers=1) as ocr:
-        res = measure_word_accuracy(policy, prompts, words, varrl.SamplerConfig(cfg=args.cfg), args.seed, ocr)
-    print(f"held-out prompts: {len(prompts)} ({sum(map(len, words))} words), cfg {args.cfg}")
+        res = measure_word_accuracy(policy, prompts, words, sampler, args.seed, ocr)
+    print(f"held-out prompts: {len(prompts)} ({sum(map(len, words))} words), {sampler}")
     print(f"word accuracy {res.word_acc:.3f}   NED {res.ned:.3f}   ({time.perf_counter() - t0:.0f} s)")
     if args.grid:
         caps = [f"{p} | read: {' '.join(r)}" for p, r in zip(res.prompts, res.reads)]

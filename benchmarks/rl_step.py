@@ -20,12 +20,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from varrl.algorithms.grpo import group_advantages
 from varrl.config import load_config
-from varrl.trainer.config import TrainRunConfig
+from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import DistInfo
 from varrl.trainer.loop import Trainer
-from varrl.trainer.rollout import rollout_and_score
-from varrl.trainer.update import UpdatePlan, policy_update
-from varrl.viz import to_uint8
+from varrl.trainer.update import policy_update
 
 
 def matmul_rate(n: int = 1024, repeats: int = 10) -> float:
@@ -45,7 +43,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    cfg: TrainRunConfig = load_config(TrainRunConfig, args.config, args.overrides)
+    cfg: TrainRunConfig = load_config(TrainRunConfig, args.config, args.overrides, apply_method_preset)
     tc = cfg.train
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
@@ -58,19 +56,18 @@ def main() -> None:
                                        for k in ("perf/rollout_s", "perf/reward_s", "perf/update_s"))
         # The reward's own cost: score one batch's images with nothing else running.
         records = [trainer.train_prompts[i] for i in range(tc.prompts_per_step)]
-        batch = rollout_and_score(trainer.policy, records, tc.group_size, cfg.sampler, trainer.gen, trainer.reward,
-                                  tc.micro_batch)
-        images = to_uint8(trainer.policy.decode(batch.traj))
-        meta = [r.reward_meta() for r in records for _ in range(tc.group_size)]
+        batch = trainer.rollout(0, records)
+        prompts = [p for r in records for p in [r.prompt] * (len(batch.images) // len(records))]
+        meta = [r.reward_meta() for r in records for _ in range(len(batch.images) // len(records))]
         t0 = time.perf_counter()
-        trainer.reward.submit(images, batch.traj.prompts, meta).result()
+        trainer.reward.submit(batch.images, prompts, meta).result()
         reward_alone_s = time.perf_counter() - t0
         # FLOPs of one update on that batch (counted, not timed: the counter slows the pass down).
-        adv = group_advantages(torch.from_numpy(batch.reward.scores), batch.traj.group).float()
-        plan = UpdatePlan(steps=list(range(trainer.policy.schedule.num_steps)))
+        adv = group_advantages(batch.returns, batch.group).float()
+        keep = torch.arange(batch.traj.batch_size)
         with FlopCounterMode(display=False) as fc:
-            policy_update(trainer.policy, trainer.ref_policy, batch.traj, adv, plan, cfg.rl, tc, trainer.optimizer,
-                          DistInfo())
+            policy_update(trainer.policy, trainer.ref_policy, batch.traj, adv, trainer.plan(batch, keep), cfg.rl,
+                          tc, trainer.optimizer, DistInfo())
         flops = fc.get_total_flops()
         trainer.reward.close()
     peak = matmul_rate()

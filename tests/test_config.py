@@ -287,3 +287,11 @@ def test_save_overwrites_existing(tmp_path: Path) -> None:
     save_config(Cfg(), path)
     save_config(Cfg(run=Run(name="second")), path)
     assert load_config(Cfg, path, []).run.name == "second"
+
+
+def test_ratio_like_values_stay_strings():
+    # YAML 1.1 would read 3:1 as the base-60 integer 181.
+    from varrl.config import _load_yaml
+
+    assert _load_yaml("3:1") == "3:1" and _load_yaml("a: 1:1") == {"a": "1:1"}
+    assert _load_yaml("1e-3") == 0.001 and _load_yaml("12") == 12

@@ -17,7 +17,7 @@ def torchrun(model, run_dir, name, steps):
             "train", f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}",
             "reward.weights={brightness: 1.0}", "train.prompts_per_step=4", "train.group_size=4",
             f"train.steps={steps}", "train.eval_every=2", "train.save_every=1", "train.eval_prompts=5",
-            "train.micro_batch=4", "train.lr=3e-3", "rl.adv_norm=batch"]
+            "train.micro_batch=4", "train.lr=3e-3", "rl.adv_norm=batch", "rl.vmr.m=2"]
 
 
 @pytest.fixture(scope="module")

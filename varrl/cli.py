@@ -30,6 +30,15 @@ def _train(args: argparse.Namespace) -> None:
         print(f"training finished: {run_dir} (report: {run_dir / 'report.md'})")
 
 
+def _ablate(args: argparse.Namespace) -> None:
+    from varrl.recipes.ablate import run_ablation
+
+    if args.seeds < 1:
+        raise UsageError("--seeds must be at least 1")
+    root = run_ablation(args.config, args.grid, args.seeds, args.steps, args.name, args.overrides)
+    print(f"ablation finished: {root / 'ablation.md'}")
+
+
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
@@ -70,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     tr.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=20 rl.kl_beta=0.02")
     tr.set_defaults(func=_train)
+
+    ab = sub.add_parser("ablate", help="run a grid of configs x seeds and tabulate the final evaluations")
+    ab.add_argument("--config", default=None, help="base YAML config (default: built-in defaults)")
+    ab.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="an axis of the grid, e.g. rl.panw.alpha=0.6,0.8,1.0 (repeat for more axes)")
+    ab.add_argument("--seeds", type=int, default=3)
+    ab.add_argument("--steps", type=int, default=None, help="train.steps for every run")
+    ab.add_argument("--name", default=None, help="directory under run.dir (default: ablate_<config name>)")
+    ab.add_argument("overrides", nargs="*", help="key.sub=value overrides for every run")
+    ab.set_defaults(func=_ablate)
 
     sp = sub.add_parser("sample", help="sample images from a model and write a PNG grid")
     sp.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")

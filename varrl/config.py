@@ -16,7 +16,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -41,6 +41,24 @@ class _Loader(yaml.SafeLoader):
     """
 
 
+# YAML 1.1 reads "1:1" or "3:1" as base-60 integers (61, 181): drop the sexagesimal forms of the
+# int and float resolvers so such values stay strings (e.g. rl.alternation=3:1).
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers
+         if not (tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and ":" in rx.pattern)]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
@@ -321,10 +339,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type, path: str | Path | None, overrides: Sequence[str] = ()) -> Any:
-    """Read YAML at ``path`` (or start from defaults if None), apply overrides, build ``cls``."""
+def load_config(cls: type, path: str | Path | None, overrides: Sequence[str] = (),
+                preset: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Any:
+    """Read YAML at ``path`` (or start from defaults if None), apply overrides, build ``cls``.
+    ``preset`` may fill in keys that depend on other keys (e.g. a method's switches) before the
+    dataclass defaults apply; keys given in the file or the overrides stay as given."""
     data = {} if path is None else _read_yaml(Path(path))
-    return from_dict(cls, apply_overrides(data, overrides, cls))
+    data = apply_overrides(data, overrides, cls)
+    if preset is not None:
+        data = preset(data)
+    return from_dict(cls, data)
 
 
 def save_config(obj: Any, path: str | Path) -> None:

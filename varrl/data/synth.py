@@ -53,6 +53,9 @@ class SynthConfig:
     word_len: tuple[int, int] = (3, 8)
     case: Literal["upper", "lower", "title", "mixed"] = "mixed"
     background: Literal["plain", "gradient", "noise", "mixed"] = "mixed"
+    layout: Literal["random", "center"] = "random"
+    """random: words anywhere that fits; center: word i of n centred on row i of n equal rows
+    (an easy layout for a model that must learn glyphs on a CPU budget)"""
     min_contrast: float = 0.35
     """minimum luminance difference between text and background colours (0..1)"""
     heldout_every: int = 10
@@ -220,8 +223,12 @@ class SynthGenerator:
             w, h = x1 - x0, y1 - y0
             if w > size - 2 * margin or h > size - 2 * margin or h < MIN_INK_PX:
                 continue
-            px = rng.randint(margin, size - margin - w) - x0
-            py = rng.randint(margin, size - margin - h) - y0
+            if self.config.layout == "center":
+                row_mid = size * (2 * len(boxes) + 1) // (2 * n_target)
+                px, py = (size - w) // 2 - x0, row_mid - h // 2 - y0
+            else:
+                px = rng.randint(margin, size - margin - w) - x0
+                py = rng.randint(margin, size - margin - h) - y0
             box = (px + x0, py + y0, px + x1, py + y1)
             if all(not _overlap(box, b, margin) for b in boxes):
                 return word, box, (px, py), font

@@ -24,8 +24,10 @@ class HeldoutResult:
 
 def heldout_prompts(data: SynthConfig, n: int, max_regions: int = 2,
                     seed: int = 0) -> tuple[list[str], list[list[str]]]:
-    """n prompts of the held-out split (words never used in training) with 1..max_regions words."""
-    cfg = SynthConfig(**{**data.__dict__, "region_mix": {str(k): 1.0 for k in range(1, max_regions + 1)}})
+    """n prompts of the held-out split (words never used in training) with at most max_regions words."""
+    # The data's own region mix, cut at max_regions (a model is not asked for more words than it learned).
+    mix = {k: v for k, v in data.region_mix.items() if k != ">5" and int(k) <= max_regions}
+    cfg = SynthConfig(**{**data.__dict__, "region_mix": mix or {"1": 1.0}})
     gen = SynthGenerator(cfg, "heldout", seed)
     samples = [gen.sample(i) for i in range(n)]
     return [s.prompt for s in samples], [s.words for s in samples]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from varrl.models.nano import NanoVAR, fork_caches, fork_context
@@ -9,6 +11,17 @@ from varrl.models.text import batch_prompts
 from varrl.models.tokenizer import VQTokenizer
 from varrl.policy.sampler import SamplerConfig, draw, sampling_logits, token_logprobs
 from varrl.policy.trajectory import Trajectory
+
+
+@dataclass
+class _SamplerState:
+    """Where sampling stopped: text context, KV caches and the image so far (rows as in the trajectory)."""
+
+    ctx: dict
+    caches: list[dict]
+    f_hat: torch.Tensor | None
+    x_next: torch.Tensor | None
+    cfg_rows: bool
 
 
 class NanoPolicy:
@@ -61,16 +74,23 @@ class NanoPolicy:
         if not m < steps <= T:
             raise ValueError(f"steps must be in {m + 1}..{T}, got {steps}")
         cfg_rows = sampler.uses_uncond
-        ctx = self._context(base_prompts, cfg_rows)
-        caches = self.model.new_cache()
-        f_hat, x_next = None, None
-        # Prefill the prefix scale by scale, with the same calls that sampled it: the cache, and
-        # so the continuation, is then exactly what an uninterrupted rollout would have had.
-        for k in range(m):
-            self.model.step(ctx, k, x_next, caches)
-            f_hat, x_next = self._advance(f_hat, k, start.idx[k].to(self.device), cfg_rows)
+        saved = start.state if start is not None else None
+        if isinstance(saved, _SamplerState) and saved.cfg_rows == cfg_rows:
+            # The prefix's own sampling state: fork it, nothing of the prefix is recomputed.
+            ctx, caches, f_hat, x_next = saved.ctx, saved.caches, saved.f_hat, saved.x_next
+            fork = True  # always copy: the continuation appends to its caches
+        else:
+            ctx = self._context(base_prompts, cfg_rows)
+            caches = self.model.new_cache()
+            f_hat, x_next = None, None
+            # Prefill the prefix scale by scale, with the same calls that sampled it: the cache, and
+            # so the continuation, is then exactly what an uninterrupted rollout would have had.
+            for k in range(m):
+                self.model.step(ctx, k, x_next, caches)
+                f_hat, x_next = self._advance(f_hat, k, start.idx[k].to(self.device), cfg_rows)
+            fork = n > 1
         B0 = len(base_prompts)
-        if n > 1:
+        if fork:
             # repeat_interleave keeps the [cond rows; uncond rows] layout: each half is prompt-major.
             ctx, caches = fork_context(ctx, n), fork_caches(caches, n)
             if f_hat is not None:
@@ -86,11 +106,12 @@ class NanoPolicy:
             idx = draw(sampling_logits(cond, uncond, g, sampler), generator)
             lp_out.append(token_logprobs(cond, uncond, g, sampler, idx))
             idx_out.append(idx)
-            if k + 1 < steps:
+            if k + 1 < T:
                 f_hat, x_next = self._advance(f_hat, k, idx, cfg_rows)
         parent = torch.arange(B0).repeat_interleave(n) if start is not None else None
+        state = _SamplerState(ctx, caches, f_hat, x_next, cfg_rows) if steps < T else None
         return Trajectory(rows, [i.cpu() for i in idx_out], [lp.cpu() for lp in lp_out], sampler,
-                          self.schedule, group.repeat_interleave(n), parent)
+                          self.schedule, group.repeat_interleave(n), parent, state)
 
     def _advance(self, f_hat, k: int, idx_Bl: torch.Tensor, cfg_rows: bool):
         f_hat, x_next = self.tokenizer.quantizer.add_scale(f_hat, k, idx_Bl)

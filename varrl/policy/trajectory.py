@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -24,6 +24,10 @@ class Trajectory:
     schedule: ScaleSchedule
     group: torch.Tensor  # LongTensor [B]
     parent: torch.Tensor | None = None  # LongTensor [B]: row of the prefix it continued
+    state: object | None = field(default=None, repr=False, compare=False)
+    """the sampler's state after the last grid (KV cache and the like), set by a rollout that
+    stopped early: continuing this exact trajectory forks it instead of recomputing the prefix.
+    Any change of rows (cut, select, cat) drops it."""
 
     def __post_init__(self) -> None:
         B = len(self.prompts)
@@ -54,14 +58,16 @@ class Trajectory:
         """The prefix holding grids 1..m (a state s_m), ready to be continued from step m+1."""
         if not 1 <= m <= self.num_steps:
             raise ValueError(f"cut({m}): the trajectory has steps 1..{self.num_steps}")
-        return replace(self, idx=self.idx[:m], logprobs=self.logprobs[:m])
+        if m == self.num_steps:
+            return self
+        return replace(self, idx=self.idx[:m], logprobs=self.logprobs[:m], state=None)
 
     def select(self, rows: torch.Tensor | list[int]) -> Trajectory:
         rows = torch.as_tensor(rows, dtype=torch.long)
         pick = rows.tolist()
         return replace(self, prompts=[self.prompts[r] for r in pick], idx=[i[rows] for i in self.idx],
                        logprobs=[lp[rows] for lp in self.logprobs], group=self.group[rows],
-                       parent=None if self.parent is None else self.parent[rows])
+                       parent=None if self.parent is None else self.parent[rows], state=None)
 
     @staticmethod
     def cat(trajs: list[Trajectory]) -> Trajectory:
@@ -77,4 +83,5 @@ class Trajectory:
             logprobs=[torch.cat([t.logprobs[s] for t in trajs]) for s in range(first.num_steps)],
             group=torch.cat([t.group for t in trajs]),
             parent=None if any(p is None for p in parents) else torch.cat(parents),
+            state=None,
         )

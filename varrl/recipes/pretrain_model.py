@@ -106,6 +106,14 @@ def train_model(cfg, run_dir: Path, tok_ckpt: Path, resume_ckpt: Path | None, oc
     return policy
 
 
+def _init_history(init_from: str | None) -> dict | None:
+    """What the starting weights of this run had been trained on (a chain for multi-phase recipes)."""
+    if not init_from or not (Path(init_from) / "config.json").exists():
+        return None
+    meta = json.loads((Path(init_from) / "config.json").read_text())
+    return {"from": str(init_from), "trained": meta.get("trained")}
+
+
 def export_weights(cfg, run_dir: Path, dest: Path | None = None) -> Path:
     """Write the shippable model directory (config.json + safetensors) to run_dir/export or dest."""
     dest = dest or run_dir / "export"
@@ -123,7 +131,7 @@ def export_weights(cfg, run_dir: Path, dest: Path | None = None) -> Path:
                   str(tmp / f"{name}.safetensors"))
     meta = {"format": "varrl-nano/1", "tokenizer": to_dict(cfg.tokenizer), "model": to_dict(cfg.model),
             "trained": {"tokenizer_steps": load_state(tok_ckpt)["step"], "model_steps": load_state(model_ckpt)["step"],
-                        "data": to_dict(cfg.data)}}
+                        "data": to_dict(cfg.data), "init": _init_history(cfg.model_train.init_from)}}
     atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
     if dest.exists():
         shutil.rmtree(dest)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from varrl.config import load_config, save_config
 from varrl.rundir import RunDirError
-from varrl.trainer.config import TrainRunConfig
+from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import barrier, close_distributed, init_distributed
 
 
@@ -18,9 +18,9 @@ def run_train(config_path: str | None, overrides: list[str], resume: str | None)
         if not (run_dir / "config.yaml").exists() or not (run_dir / "metrics.jsonl").exists():
             raise RunDirError(f"cannot resume {run_dir}: it is not a varrl train run directory "
                               "(expected config.yaml and metrics.jsonl inside)")
-        cfg = load_config(TrainRunConfig, run_dir / "config.yaml", overrides)
+        cfg = load_config(TrainRunConfig, run_dir / "config.yaml", overrides, apply_method_preset)
     else:
-        cfg = load_config(TrainRunConfig, config_path, overrides)
+        cfg = load_config(TrainRunConfig, config_path, overrides, apply_method_preset)
         run_dir = Path(cfg.run.dir) / cfg.run.name
         if (run_dir / "config.yaml").exists():
             raise RunDirError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "

@@ -57,10 +57,55 @@ class TrainConfig:
 
 
 @dataclass
+class VmrConfig:
+    """Value as Middle Return: split at grid m; the prefix learns from a soft value of K completions."""
+
+    enabled: bool = True
+    m: int | str = "32px"
+    """the prefix generates grids 1..m: a step count (4), a resolution ('32px') or a grid ('4x4');
+    32px on the nano schedule = step 4, a quarter of the final resolution like the paper's m_256 at 1024px"""
+    k: int = 2
+    """on-policy completions per prefix for the soft value"""
+    eta: float = 1.0
+    """temperature of the soft value eta*log(mean exp(R/eta)) (large: mean, small: max)"""
+    suffix_prefixes: int = 1
+    """shared prefixes per prompt in a suffix update; each gets train.group_size completions"""
+
+
+@dataclass
+class PanwConfig:
+    alpha: float | None = 0.6
+    """step weight k_t = (h_t*w_t)^-alpha on the sum of the step's token terms (null: off)"""
+
+
+@dataclass
+class MpConfig:
+    """Mask Propagation: the reward's boxes -> a mask on the finest grid -> every coarser grid."""
+
+    enabled: bool = True
+    pool: Literal["max", "area"] = "max"
+    """max: a coarse cell is on when any finer on-cell overlaps it; area: when >= threshold of it is covered"""
+    threshold: float = 0.5
+    dilation: int = 1
+    """grow the finest-grid mask by this many cells (OCR boxes are tight)"""
+    mask_kl: bool = False
+    """gate the KL term too (default: the KL keeps the whole image anchored)"""
+
+
+METHOD_PRESETS: dict[str, dict] = {
+    "grpo": {"vmr": {"enabled": False}, "panw": {"alpha": None}, "mp": {"enabled": False}},
+    "var_rl": {"vmr": {"enabled": True}, "panw": {"alpha": 0.6}, "mp": {"enabled": True}, "alternation": "fine"},
+}
+"""What rl.method switches on; keys given explicitly in a config or on the command line win.
+The dataclass defaults below are the var_rl preset, so TrainRunConfig() is the default method."""
+
+
+@dataclass
 class RlConfig:
     """The policy-gradient objective."""
 
-    method: Literal["grpo"] = "grpo"
+    method: Literal["grpo", "var_rl"] = "var_rl"
+    """grpo: the baseline; var_rl: VMR + PANW + MP with fine alternation (arXiv 2601.02256)"""
     adv_norm: Literal["group", "batch", "none"] = "group"
     """divide the centred rewards by the group std, the batch std, or nothing"""
     adv_clip: float | None = None
@@ -69,6 +114,12 @@ class RlConfig:
     clip_high: float = 0.2
     kl_beta: float = 0.01
     """k3 KL to the frozen starting policy, per token (0: no reference model is kept)"""
+    vmr: VmrConfig = field(default_factory=VmrConfig)
+    alternation: str = "fine"
+    """with VMR: 'fine' (3 prefix updates, 1 suffix, repeated), 'coarse' (prefix updates for 3/4
+    of train.steps, then suffix updates) or 'a:b'"""
+    panw: PanwConfig = field(default_factory=PanwConfig)
+    mp: MpConfig = field(default_factory=MpConfig)
 
 
 @dataclass
@@ -102,3 +153,24 @@ class TrainRunConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
         if t.group_size < 2:
             raise ValueError("train.group_size must be >= 2: GRPO compares samples within a group")
+        if self.rl.vmr.enabled and self.rl.vmr.k < 1:
+            raise ValueError(f"rl.vmr.k must be >= 1, got {self.rl.vmr.k}")
+        from varrl.algorithms.stages import parse_alternation
+
+        parse_alternation(self.rl.alternation)  # a bad pattern fails at load time, naming the key
+
+
+def apply_method_preset(data: dict) -> dict:
+    """Put the preset of data's rl.method beneath the given keys (explicit keys win)."""
+    method = (data.get("rl") or {}).get("method", RlConfig.method)
+    preset = METHOD_PRESETS.get(method)
+    if preset is None:
+        return data  # from_dict reports the bad method with the valid choices
+    return {**data, "rl": _merge(preset, data.get("rl") or {})}
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out

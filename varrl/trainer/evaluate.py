@@ -11,15 +11,16 @@ import torch
 from varrl.data.prompts import PromptRecord
 from varrl.policy.sampler import SamplerConfig
 from varrl.rewards import Reward
+from varrl.trainer.batches import cat_results, full_batch
 from varrl.trainer.dist import DistInfo, gather_objects
-from varrl.trainer.rollout import cat_results, rollout_and_score
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, float | None]
-    images: np.ndarray  # uint8 [N, H, W, 3] (on rank 0; empty elsewhere)
+    images: np.ndarray  # uint8 [N, H, W, 3] (gathered from every rank)
     captions: list[str]
+    boxes: list[list] | None  # per image, the regions the reward returned
 
 
 def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: int, reward: Reward,
@@ -28,7 +29,7 @@ def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: 
     # Per-rank seeds differ so that two ranks never draw the same noise for different prompts.
     gen = torch.Generator().manual_seed(seed * 1_000_003 + 7 + info.rank)
     if mine:
-        batch = rollout_and_score(policy, mine, 1, sampler, gen, reward, rows_per_chunk)
+        batch = full_batch(policy, mine, 1, sampler, gen, reward, rows_per_chunk)
         part = (batch.images, batch.reward)
     else:
         part = None
@@ -53,4 +54,4 @@ def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: 
     for i, r in enumerate(records):
         read = "" if res.texts is None else " | read: " + " ".join(res.texts[i])
         captions.append(f"{r.prompt} | R={res.scores[i]:.2f}{read}")
-    return EvalResult(metrics, images, captions)
+    return EvalResult(metrics, images, captions, res.boxes)

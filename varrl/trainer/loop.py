@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,20 @@ import torch
 from tqdm import tqdm
 
 from varrl.algorithms.grpo import degenerate_groups, group_advantages
+from varrl.algorithms.masks import batch_step_masks
+from varrl.algorithms.panw import step_weights
+from varrl.algorithms.stages import stage_at
 from varrl.checkpoint import latest_checkpoint
+from varrl.config import ConfigError
 from varrl.data.prompts import JsonlPrompts, SynthPrompts
 from varrl.policy.load import load_policy, save_policy
 from varrl.policy.sampler import NonFiniteError
 from varrl.rewards import build_reward
+from varrl.trainer.batches import StageBatch, full_batch, prefix_batch, suffix_batch
 from varrl.trainer.config import TrainRunConfig
 from varrl.trainer.dist import DistInfo, barrier, gather_objects
 from varrl.trainer.evaluate import evaluate
 from varrl.trainer.report import RunWriter, plot_rewards, write_report
-from varrl.trainer.rollout import rollout_and_score
 from varrl.trainer.state import RngState, load_train_checkpoint, save_train_checkpoint
 from varrl.trainer.update import NonFiniteLossError, UpdatePlan, policy_update
 
@@ -70,6 +75,7 @@ class Trainer:
         self.writer = RunWriter(run_dir, self.start if resume else None) if info.main else None
         self.reward = build_reward(cfg.reward)
         self.mine = info.shard(tc.prompts_per_step)
+        self.m = resolve_split(cfg.rl.vmr.m, self.policy.schedule) if cfg.rl.vmr.enabled else None
 
     def run(self) -> dict | None:
         tc = self.cfg.train
@@ -103,34 +109,54 @@ class Trainer:
         lr = warmup_lr(step, tc.lr, tc.warmup)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        # 1. Rollouts: this rank's prompts, a whole group each; rewards scored while sampling goes on.
+        # 1. Rollouts and rewards: this rank's prompts, each prompt's whole group on this rank.
         records = [self.train_prompts[step * tc.prompts_per_step + i] for i in self.mine]
-        batch = rollout_and_score(self.policy, records, tc.group_size, cfg.sampler, self.gen, self.reward,
-                                  tc.micro_batch, self.mine.start)
+        batch = self.rollout(step, records)
         # 2. Advantages over the gathered batch (the same numbers on every rank), then this rank's rows.
-        scores = torch.from_numpy(batch.reward.scores)
-        every = gather_objects(info, (scores, batch.traj.group))
-        all_scores, all_groups = torch.cat([s for s, _ in every]), torch.cat([g for _, g in every])
-        adv_all = group_advantages(all_scores, all_groups, cfg.rl.adv_norm, clip=cfg.rl.adv_clip)
-        lo = sum(len(s) for s, _ in every[: info.rank])
-        adv_B = adv_all[lo: lo + len(scores)].float()
-        skipped, flat = degenerate_groups(all_scores, all_groups)
+        every = gather_objects(info, (batch.returns, batch.group))
+        all_returns, all_groups = torch.cat([r for r, _ in every]), torch.cat([g for _, g in every])
+        adv_all = group_advantages(all_returns, all_groups, cfg.rl.adv_norm, clip=cfg.rl.adv_clip)
+        lo = sum(len(r) for r, _ in every[: info.rank])
+        adv_B = adv_all[lo: lo + len(batch.returns)].float()
+        skipped, flat = degenerate_groups(all_returns, all_groups)
         if skipped and info.main:
-            tqdm.write(f"warning: step {step + 1}: {skipped} prompt group(s) got only NaN rewards; skipped")
-        # 3. Update on the rows that have a reward.
-        keep = torch.nonzero(~torch.isnan(scores)).flatten()
+            tqdm.write(f"warning: step {step + 1}: {skipped} group(s) got only NaN rewards; skipped")
+        # 3. Update the rows that have a return, on the steps this stage trains.
+        keep = torch.nonzero(~torch.isnan(batch.returns)).flatten()
         t0 = time.perf_counter()
-        plan = UpdatePlan(steps=list(range(self.policy.schedule.num_steps)))
-        upd = policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep], plan, cfg.rl, tc,
-                            self.optimizer, info)
+        upd = policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep],
+                            self.plan(batch, keep), cfg.rl, tc, self.optimizer, info)
         update_s = time.perf_counter() - t0
         # 4. Log, reduced over ranks.
-        parts = gather_objects(info, (batch.reward.components, upd, batch.rollout_s, batch.reward_wait_s, update_s))
+        parts = gather_objects(info, StepLog(batch.reward.scores, batch.reward.components, batch.returns.numpy(), upd,
+                                             batch.rollout_s, batch.reward_wait_s, update_s))
         if self.writer is None:
             return None
-        m = step_metrics(all_scores, parts, skipped, flat, lr, len(all_scores))
+        m = step_metrics(parts, batch.stage, skipped, flat, lr)
         self.writer.metrics(step + 1, m)
         return m
+
+    def rollout(self, step: int, records) -> StageBatch:
+        cfg, tc, vmr = self.cfg, self.cfg.train, self.cfg.rl.vmr
+        args = (cfg.sampler, self.gen, self.reward, tc.micro_batch, self.mine.start)
+        if not vmr.enabled:
+            return full_batch(self.policy, records, tc.group_size, *args)
+        if stage_at(step, cfg.rl.alternation, tc.steps) == "prefix":
+            return prefix_batch(self.policy, records, tc.group_size, vmr.k, self.m, vmr.eta, *args)
+        return suffix_batch(self.policy, records, vmr.suffix_prefixes, tc.group_size, self.m, *args)
+
+    def plan(self, batch: StageBatch, keep: torch.Tensor) -> UpdatePlan:
+        """PANW weights and MP masks for the steps this batch trains (plain GRPO: neither)."""
+        rl, sched = self.cfg.rl, self.policy.schedule
+        weights = step_weights([sched.tokens_per_step[t] for t in batch.steps], rl.panw.alpha)
+        masks = None
+        if rl.mp.enabled and batch.boxes is not None:
+            boxes = [batch.boxes[i] for i in keep.tolist()]
+            H, W = batch.images.shape[1:3]
+            all_steps = batch_step_masks(boxes, (H, W), list(sched.grids), rl.mp.pool, rl.mp.threshold,
+                                         rl.mp.dilation)
+            masks = [all_steps[t] for t in batch.steps]
+        return UpdatePlan(batch.steps, weights, masks, rl.mp.mask_kl)
 
     def evaluate(self, at: int) -> None:
         tc = self.cfg.train
@@ -139,6 +165,8 @@ class Trainer:
         if self.writer is not None:
             self.writer.metrics(at, {f"eval/{k}": v for k, v in res.metrics.items()})
             self.writer.samples(at, res.images, res.captions, tc.samples_in_grid)
+            if self.cfg.rl.mp.enabled:
+                self.writer.mask_sheet(at, res.images, res.boxes, list(self.policy.schedule.grids), self.cfg.rl.mp)
             tqdm.write(f"eval @ step {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.metrics.items()
                                                           if v is not None and "/" not in k))
 
@@ -167,6 +195,18 @@ def train(cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool) -> d
     return Trainer(cfg, run_dir, info, resume).run()
 
 
+def resolve_split(spec: int | str, schedule) -> int:
+    """rl.vmr.m as a step count: the prefix generates grids 1..m."""
+    try:
+        m = schedule.resolve_step(spec)
+    except ValueError as e:
+        raise ConfigError(f"rl.vmr.m={spec!r}: {e}", "rl.vmr.m") from e
+    if not 1 <= m < schedule.num_steps:
+        raise ConfigError(f"rl.vmr.m={spec!r} is step {m}; VMR needs a split inside 1..{schedule.num_steps - 1} "
+                          f"(grids {[h for h, _ in schedule.grids]})", "rl.vmr.m")
+    return m
+
+
 def pick_device(name: str, info: DistInfo) -> str:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -175,23 +215,42 @@ def pick_device(name: str, info: DistInfo) -> str:
     return name
 
 
-def step_metrics(scores: torch.Tensor, parts: list, skipped: int, flat: int, lr: float, rows: int) -> dict:
-    """Grouped metric names: reward/*, policy/*, perf/*; policy and perf are averaged over ranks."""
-    valid = scores[~torch.isnan(scores)]
-    m = {"reward/mean": valid.mean().item() if len(valid) else float("nan"),
-         "reward/std": valid.std(unbiased=False).item() if len(valid) else float("nan"),
+@dataclass
+class StepLog:
+    """One rank's share of a step's metrics."""
+
+    scores: np.ndarray  # final rewards of every scored image
+    components: dict[str, np.ndarray]
+    returns: np.ndarray  # what advantages came from (= scores, or soft values for prefixes)
+    update: dict[str, float]
+    rollout_s: float
+    reward_s: float
+    update_s: float
+
+
+def step_metrics(parts: list[StepLog], stage: str, skipped: int, flat: int, lr: float) -> dict:
+    """Grouped metric names: reward/*, policy/*, scale/<t>/*, stage/<stage>/*, perf/*; policy and
+    perf figures are averaged over ranks (perf: the slowest rank's time)."""
+    scores = np.concatenate([p.scores for p in parts])
+    returns = np.concatenate([p.returns for p in parts])
+    ok = np.isfinite(scores)
+    m = {"reward/mean": float(scores[ok].mean()) if ok.any() else float("nan"),
+         "reward/std": float(scores[ok].std()) if ok.any() else float("nan"),
          "reward/skipped_groups": skipped, "reward/flat_groups": flat, "policy/lr": lr}
-    for k in parts[0][0]:
-        v = np.concatenate([p[0][k] for p in parts])
+    for k in parts[0].components:
+        v = np.concatenate([p.components[k] for p in parts])
         if np.isfinite(v).any():
             m[f"reward/{k}"] = float(np.nanmean(v))
-    for k in parts[0][1]:
-        m[k] = float(np.mean([p[1][k] for p in parts]))
-    rollout_s = max(p[2] for p in parts)
-    reward_s = max(p[3] for p in parts)
-    update_s = max(p[4] for p in parts)
+    for k in parts[0].update:
+        m[k] = float(np.mean([p.update[k] for p in parts]))
+    if stage != "full":
+        m[f"stage/{stage}/reward_mean"] = m["reward/mean"]
+        m[f"stage/{stage}/return_mean"] = float(np.nanmean(returns)) if np.isfinite(returns).any() else float("nan")
+        for k in ("loss", "kl", "ratio_mean", "clipfrac"):
+            m[f"stage/{stage}/{k}"] = m[f"policy/{k}"]
+    rollout_s = max(p.rollout_s for p in parts)
+    reward_s = max(p.reward_s for p in parts)
+    update_s = max(p.update_s for p in parts)
     m.update({"perf/rollout_s": rollout_s, "perf/reward_s": reward_s, "perf/update_s": update_s,
-              "perf/images_per_s": rows / max(rollout_s + reward_s + update_s, 1e-9)})
+              "perf/images_per_s": len(scores) / max(rollout_s + reward_s + update_s, 1e-9)})
     return m
-
-

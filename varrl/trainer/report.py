@@ -41,6 +41,47 @@ class RunWriter:
         image_grid(images[:n], captions[:n], cols=min(8, n), caption_lines=5).save(path)
         return path
 
+    def mask_sheet(self, step: int, images: np.ndarray, boxes: list[list] | None, grids: list[tuple[int, int]],
+                   mp, n: int = 4) -> Path | None:
+        """samples/masks_step_XXXXXX.png: per sample, the image with the reward's boxes, then the
+        propagated MP mask at every grid (white: trained tokens) over a dimmed copy of the image."""
+        if boxes is None:
+            return None
+        from PIL import Image, ImageDraw
+
+        from varrl.algorithms.masks import boxes_to_mask, propagate
+
+        tile = 96
+        rows = []
+        for img, bx in zip(images[:n], boxes[:n]):
+            H, W = img.shape[:2]
+            base = Image.fromarray(img).resize((tile, tile), Image.NEAREST)
+            first = base.copy()
+            d = ImageDraw.Draw(first)
+            for x0, y0, x1, y1 in bx:
+                d.rectangle([x0 * tile / W, y0 * tile / H, x1 * tile / W, y1 * tile / H], outline=(255, 0, 0))
+            cells = [first]
+            if bx:
+                masks = propagate(boxes_to_mask(bx, (H, W), grids[-1], mp.dilation), grids, mp.pool, mp.threshold)
+            else:
+                masks = [np.ones(g, dtype=bool) for g in grids]  # no boxes: every token is trained
+            dim = np.asarray(base, dtype=np.float32) * 0.35
+            for mk in masks:
+                big = Image.fromarray(np.asarray(mk, dtype=np.uint8) * 255).resize((tile, tile), Image.NEAREST)
+                m = np.asarray(big)
+                cells.append(Image.fromarray(np.clip(dim + (m[..., None] > 0) * 140, 0, 255).astype(np.uint8)))
+            rows.append(np.concatenate([np.asarray(c) for c in cells], axis=1))
+        caps = ["image + boxes"] + [f"grid {h}x{w}" for h, w in grids]
+        sheet = np.concatenate(rows, axis=0)
+        path = self.run_dir / "samples" / f"masks_step_{step:06d}.png"
+        out = Image.new("RGB", (sheet.shape[1], sheet.shape[0] + 14), (255, 255, 255))
+        out.paste(Image.fromarray(sheet), (0, 14))
+        d = ImageDraw.Draw(out)
+        for i, c in enumerate(caps):
+            d.text((i * tile + 2, 1), c, fill=(0, 0, 0))
+        out.save(path)
+        return path
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

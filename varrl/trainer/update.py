@@ -28,19 +28,19 @@ class UpdatePlan:
 
     steps: list[int]  # 0-based steps whose tokens carry loss
     weights: list[float] | None = None  # per trained step (None: all 1)
-    masks: list[torch.Tensor] | None = None  # per trained step, [B, n_t] in {0, 1} (None: all on)
+    masks: list[torch.Tensor] | None = None  # per trained step (same order), [B, n_t] in {0, 1}; None: all on
     mask_kl: bool = False
 
 
 def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, plan: UpdatePlan,
                   rl: RlConfig, train: TrainConfig, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
-    """Returns metrics averaged over epochs and tokens (`policy/*`)."""
+    """Returns `policy/*` metrics averaged over epochs and tokens, and `scale/<t>/*` per trained grid."""
     B = traj.batch_size
     params = [p for p in policy.parameters() if p.requires_grad]
     chunks = [list(range(i, min(B, i + train.micro_batch))) for i in range(0, B, train.micro_batch)]
     old, ref = [None] * len(chunks), [None] * len(chunks)
-    sums = {"ratio": 0.0, "clip": 0.0, "kl": 0.0, "tokens": 0.0, "loss": 0.0, "first_dev": 0.0,
-            "entropy": 0.0, "drift": 0.0}
+    per_step = {t: dict.fromkeys(("ratio", "clip", "kl", "tokens", "mask"), 0.0) for t in plan.steps}
+    sums = {"loss": 0.0, "first_dev": 0.0, "entropy": 0.0, "drift": 0.0}
     grad_norm = 0.0
     for epoch in range(train.epochs):
         optimizer.zero_grad(set_to_none=True)
@@ -54,14 +54,13 @@ def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, pla
                 if rl.kl_beta > 0:
                     with torch.no_grad():
                         ref[c] = ref_policy.logprobs(sub, plan.steps)
-            terms, stats = _token_terms(lp, old[c], ref[c], adv_B[rows].to(lp[0].device), plan, rows, rl)
+            terms, first_dev = _token_terms(lp, old[c], ref[c], adv_B[rows].to(lp[0].device), plan, rows, rl,
+                                            per_step)
             loss_b = aggregate(terms, plan.weights, None)
             (loss_b.sum() / B).backward()
-            for k in ("ratio", "clip", "kl", "tokens"):
-                sums[k] += stats[k]
             sums["loss"] += loss_b.detach().sum().item() / B
             if epoch == 0:
-                sums["first_dev"] = max(sums["first_dev"], stats["max_dev"])
+                sums["first_dev"] = max(sums["first_dev"], first_dev)
                 sums["entropy"] += -sum(o.sum().item() for o in old[c])
                 stored = [sub.logprobs[t].to(o.device) for t, o in zip(plan.steps, old[c])]
                 sums["drift"] = max(sums["drift"], max((o - s).abs().max().item() for o, s in zip(old[c], stored)))
@@ -74,30 +73,44 @@ def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, pla
         optimizer.step()
         if not all(torch.isfinite(p).all() for p in params):
             raise NonFiniteLossError("the update made the weights non-finite")
-    n_tok = max(sums["tokens"], 1.0)
+    return _metrics(per_step, sums, old, plan, train.epochs, grad_norm)
+
+
+def _metrics(per_step: dict, sums: dict, old: list, plan: UpdatePlan, epochs: int, grad_norm: float) -> dict:
+    tot = {k: sum(s[k] for s in per_step.values()) for k in ("ratio", "clip", "kl", "tokens")}
+    n_tok = max(tot["tokens"], 1.0)
     first_tokens = sum(sum(o.numel() for o in ol) for ol in old)
-    return {"policy/loss": sums["loss"] / train.epochs, "policy/ratio_mean": sums["ratio"] / n_tok,
-            "policy/clipfrac": sums["clip"] / n_tok, "policy/kl": sums["kl"] / n_tok,
-            "policy/entropy": sums["entropy"] / max(first_tokens, 1), "policy/grad_norm": grad_norm,
-            "policy/ratio_dev_first": sums["first_dev"], "policy/logprob_drift": sums["drift"]}
+    m = {"policy/loss": sums["loss"] / epochs, "policy/ratio_mean": tot["ratio"] / n_tok,
+         "policy/clipfrac": tot["clip"] / n_tok, "policy/kl": tot["kl"] / n_tok,
+         "policy/entropy": sums["entropy"] / max(first_tokens, 1), "policy/grad_norm": grad_norm,
+         "policy/ratio_dev_first": sums["first_dev"], "policy/logprob_drift": sums["drift"]}
+    weights = plan.weights or [1.0] * len(plan.steps)
+    for (t, s), k in zip(per_step.items(), weights):
+        n = max(s["tokens"], 1.0)
+        m.update({f"scale/{t + 1}/ratio_mean": s["ratio"] / n, f"scale/{t + 1}/clipfrac": s["clip"] / n,
+                  f"scale/{t + 1}/kl": s["kl"] / n, f"scale/{t + 1}/mask_frac": s["mask"] / n,
+                  f"scale/{t + 1}/weight": k})
+    return m
 
 
-def _token_terms(lp, old, ref, adv_b, plan: UpdatePlan, rows, rl: RlConfig):
-    """Per trained step: the masked policy term plus beta * KL (masked only with mask_kl)."""
-    terms = []
-    stats = {"ratio": 0.0, "clip": 0.0, "kl": 0.0, "tokens": 0.0, "max_dev": 0.0}
-    for t, (lp_t, old_t) in enumerate(zip(lp, old)):
+def _token_terms(lp, old, ref, adv_b, plan: UpdatePlan, rows, rl: RlConfig, per_step: dict):
+    """Per trained step: the masked policy term plus beta * KL (masked only with mask_kl).
+    Accumulates per-step statistics into per_step; returns the terms and max |ratio - 1|."""
+    terms, max_dev = [], 0.0
+    for i, (t, lp_t, old_t) in enumerate(zip(plan.steps, lp, old)):
+        st = per_step[t]
         pg_Bl, clipped_Bl = clipped_policy_term(lp_t, old_t, adv_b, rl.clip_low, rl.clip_high)
-        mask = None if plan.masks is None else plan.masks[t][rows].to(lp_t.device, lp_t.dtype)
+        mask = None if plan.masks is None else plan.masks[i][rows].to(lp_t.device, lp_t.dtype)
         term = pg_Bl if mask is None else pg_Bl * mask
         if ref is not None:
-            kl_Bl = k3_kl(lp_t, ref[t])
+            kl_Bl = k3_kl(lp_t, ref[i])
             term = term + rl.kl_beta * (kl_Bl * mask if (mask is not None and plan.mask_kl) else kl_Bl)
-            stats["kl"] += kl_Bl.detach().sum().item()
+            st["kl"] += kl_Bl.detach().sum().item()
         terms.append(term)
         ratio = torch.exp(lp_t.detach() - old_t)
-        stats["ratio"] += ratio.sum().item()
-        stats["clip"] += clipped_Bl.float().sum().item()
-        stats["tokens"] += ratio.numel()
-        stats["max_dev"] = max(stats["max_dev"], (ratio - 1).abs().max().item())
-    return terms, stats
+        st["ratio"] += ratio.sum().item()
+        st["clip"] += clipped_Bl.float().sum().item()
+        st["tokens"] += ratio.numel()
+        st["mask"] += ratio.numel() if mask is None else mask.sum().item()
+        max_dev = max(max_dev, (ratio - 1).abs().max().item())
+    return terms, max_dev

@@ -1,0 +1,114 @@
+"""VMR in the policy and the trainer: completions fork the prefix's state, each stage trains its own
+steps, the ratio is exactly 1 at the first update of each stage, and the alternation follows the pattern."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from tinymodel import build_tiny, write_model_dir
+
+from varrl.cli import main
+from varrl.policy.load import load_policy
+from varrl.policy.sampler import SamplerConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vmr") / "model"
+    write_model_dir(path, *build_tiny(model_kwargs=dict(max_text_len=128)))
+    return path
+
+
+@pytest.mark.parametrize("cfg", [0.0, 2.0])
+def test_completions_fork_the_prefix_state_instead_of_recomputing(tiny_dir, cfg):
+    policy = load_policy(tiny_dir)
+    sampler = SamplerConfig(cfg=cfg, top_k=10)
+    prefix = policy.rollout(["a", "bb"], n=2, sampler=sampler, generator=torch.Generator().manual_seed(0), steps=2)
+    assert prefix.state is not None and prefix.num_steps == 2
+    calls = []
+    step = policy.model.step
+    policy.model.step = lambda *a, **k: calls.append(a[1]) or step(*a, **k)
+    forked = policy.rollout(None, n=3, sampler=sampler, generator=torch.Generator().manual_seed(1), start=prefix)
+    assert calls == [2]  # only the suffix grid was computed
+    calls.clear()
+    recomputed = policy.rollout(None, n=3, sampler=sampler, generator=torch.Generator().manual_seed(1),
+                                start=replace(prefix, state=None))
+    assert calls == [0, 1, 2]  # the prefill path recomputes grids 1 and 2
+    # Same tokens; log-probs equal up to rounding (prefill encodes the prompts as repeated rows, the
+    # fork repeats the encoded rows: matmuls over different row counts round differently).
+    assert all(torch.equal(a, b) for a, b in zip(forked.idx, recomputed.idx))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(forked.logprobs, recomputed.logprobs))
+    # The stored state is not consumed: a second continuation of the same prefix is still exact.
+    again = policy.rollout(None, n=3, sampler=sampler, generator=torch.Generator().manual_seed(1), start=prefix)
+    assert all(torch.equal(a, b) for a, b in zip(again.idx, forked.idx))
+    assert prefix.cut(1).state is None and prefix.select([0]).state is None
+
+
+def test_var_rl_run_alternates_stages_with_exact_first_ratios(tiny_dir, tmp_path):
+    args = [f"policy.path={tiny_dir}", f"run.dir={tmp_path}", "run.name=v", "reward.weights={brightness: 1.0}",
+            "train.prompts_per_step=2", "train.group_size=3", "train.steps=8", "train.eval_every=4",
+            "train.save_every=4", "train.eval_prompts=2", "train.micro_batch=5", "train.lr=1e-3",
+            "rl.vmr.m=2", "rl.vmr.k=2", "rl.panw.alpha=0.8", "sampler.cfg=1.5"]
+    assert main(["train", *args]) == 0
+    recs = [json.loads(ln) for ln in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "reward/mean" in r]
+    stages = ["prefix" if "stage/prefix/loss" in r else "suffix" for r in steps]
+    assert stages == ["prefix"] * 3 + ["suffix"] + ["prefix"] * 3 + ["suffix"]
+    for r, st in zip(steps, stages):
+        assert r["policy/ratio_dev_first"] == 0.0
+        trained = [int(k.split("/")[1]) for k in r if k.startswith("scale/") and k.endswith("/weight")]
+        assert trained == ([1, 2] if st == "prefix" else [3])  # prefix: grids 1..m, suffix: m+1..T
+    # PANW weights on the prefix grids 1x1 and 2x2: 1^-0.8 and 4^-0.8.
+    assert steps[0]["scale/1/weight"] == pytest.approx(1.0) and steps[0]["scale/2/weight"] == pytest.approx(4**-0.8)
+    assert steps[0]["stage/prefix/return_mean"] >= steps[0]["reward/mean"]  # soft value >= mean reward
+    cfg = (tmp_path / "v" / "config.yaml").read_text()
+    assert "method: var_rl" in cfg and "alpha: 0.8" in cfg
+
+
+def test_resume_keeps_the_alternation_position(tiny_dir, tmp_path):
+    base = [f"policy.path={tiny_dir}", f"run.dir={tmp_path}", "run.name=a", "reward.weights={brightness: 1.0}",
+            "train.prompts_per_step=2", "train.group_size=3", "train.eval_every=0", "train.save_every=1",
+            "train.eval_prompts=2", "rl.vmr.m=2", "rl.alternation=1:1"]
+    assert main(["train", *base, "train.steps=3"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "a"), "train.steps=4"]) == 0
+    recs = [json.loads(ln) for ln in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    stages = ["prefix" if "stage/prefix/loss" in r else "suffix" for r in recs if "reward/mean" in r]
+    assert stages == ["prefix", "suffix", "prefix", "suffix"]
+
+
+def test_method_grpo_is_the_plain_baseline(tiny_dir, tmp_path):
+    args = [f"policy.path={tiny_dir}", f"run.dir={tmp_path}", "run.name=g", "reward.weights={brightness: 1.0}",
+            "train.prompts_per_step=2", "train.group_size=3", "train.steps=1", "train.eval_prompts=2",
+            "rl.method=grpo"]
+    assert main(["train", *args]) == 0
+    r = next(json.loads(ln) for ln in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()
+             if "reward/mean" in ln)
+    assert not any(k.startswith("stage/") for k in r)
+    assert [r[f"scale/{t}/weight"] for t in (1, 2, 3)] == [1.0, 1.0, 1.0]
+    assert all(r[f"scale/{t}/mask_frac"] == 1.0 for t in (1, 2, 3))
+
+
+def test_bad_split_is_a_config_error(tiny_dir, tmp_path, capsys):
+    args = [f"policy.path={tiny_dir}", f"run.dir={tmp_path}", "run.name=b", "reward.weights={brightness: 1.0}",
+            "rl.vmr.m=64px"]
+    assert main(["train", *args]) == 2
+    assert "rl.vmr.m" in capsys.readouterr().err
+
+
+def test_ablate_runs_every_cell_and_skips_finished_ones(tiny_dir, tmp_path):
+    args = ["ablate", "--grid", "rl.panw.alpha=0.5,1.0", "--seeds", "2", "--steps", "2", "--name", "abl",
+            f"policy.path={tiny_dir}", f"run.dir={tmp_path}", "reward.weights={brightness: 1.0}",
+            "train.prompts_per_step=2", "train.group_size=3", "train.eval_every=1", "train.eval_prompts=2",
+            "rl.vmr.m=2"]
+    assert main(args) == 0
+    root = tmp_path / "abl"
+    out = json.loads((root / "ablation.json").read_text())
+    assert [c["name"] for c in out["cells"]] == ["alpha=0.5", "alpha=1.0"]
+    assert all(len(c["final"]["reward_mean"]["values"]) == 2 for c in out["cells"])
+    table = (root / "ablation.md").read_text()
+    assert "rl.panw.alpha=0.5" in table and "+-" in table and (root / "ablation.png").exists()
+    assert "alpha: 1.0" in (root / "alpha=1.0" / "seed1" / "config.yaml").read_text()
+    stamp = (root / "alpha=0.5" / "seed0" / "report.json").stat().st_mtime_ns
+    assert main(args) == 0  # everything finished: nothing reruns
+    assert (root / "alpha=0.5" / "seed0" / "report.json").stat().st_mtime_ns == stamp
