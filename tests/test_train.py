@@ -1,5 +1,6 @@
 """`varrl train` end to end on a tiny random model: run directory, on-policy parity, bad input."""
 
+import importlib.util
 import json
 import math
 
@@ -50,6 +51,8 @@ def test_train_writes_the_run_directory(tiny_dir, tmp_path):
     after = load_file(str(run / "last" / "model.safetensors"))
     assert max((before[k] - after[k]).abs().max().item() for k in before) > 0  # it learned something
     load_policy(run)  # a run dir loads as a model (its last/)
+    if importlib.util.find_spec("tensorboard") is not None:  # installed with the test extra
+        assert list((run / "tb").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("mode", ["plain", "sampling"])

@@ -72,27 +72,45 @@ def summarize(root: Path, cells: list[Cell], seeds: int) -> dict:
     out = {"cells": []}
     for cell in cells:
         evals = [json.loads((root / cell.name / f"seed{s}" / "report.json").read_text())["eval"] for s in range(seeds)]
-        final = {k: [e[-1][k] for e in evals if e and e[-1][k] is not None] for k in ("reward_mean", "word_acc", "ned")}
         out["cells"].append({"name": cell.name, "overrides": cell.overrides, "seeds": seeds,
-                             "final": {k: {"mean": float(np.mean(v)) if v else None,
-                                           "std": float(np.std(v)) if v else None, "values": v}
-                                       for k, v in final.items()},
-                             "curves": evals})
+                             "start": _stats([e[0] for e in evals if e]), "final": _stats([e[-1] for e in evals if e]),
+                             "final_step": [e[-1]["step"] for e in evals if e], "curves": evals})
     atomic_write_text(root / "ablation.json", json.dumps(out, indent=1))
 
     def pm(d):
         return "n/a" if d["mean"] is None else f"{d['mean']:.3f} +- {d['std']:.3f}"
 
-    lines = [f"# Ablation `{root.name}` ({seeds} seeds; final held-out evaluation)", "",
-             "| cell | reward | word acc | NED |", "|---|---:|---:|---:|"]
+    lines = [f"# Ablation `{root.name}`", "", f"Held-out evaluation, mean +- std over {seeds} seeds: at step 0 "
+             "(the starting model) and at the last step.", "",
+             "| cell | reward (start) | reward (final) | word acc (start) | word acc (final) | NED (final) |",
+             "|---|---:|---:|---:|---:|---:|"]
     for c in out["cells"]:
-        f = c["final"]
-        lines.append(f"| {' '.join(c['overrides']) or 'base'} | {pm(f['reward_mean'])} | {pm(f['word_acc'])} | "
-                     f"{pm(f['ned'])} |")
+        a, f = c["start"], c["final"]
+        lines.append(f"| {' '.join(c['overrides']) or 'base'} | {pm(a['reward_mean'])} | {pm(f['reward_mean'])} | "
+                     f"{pm(a['word_acc'])} | {pm(f['word_acc'])} | {pm(f['ned'])} |")
+    lines += ["", "Per run (start -> final):", ""]
+    for c in out["cells"]:
+        for s_, run in enumerate(c["curves"]):
+            if run:
+                lines.append(f"- {c['name']} seed {s_}: reward {run[0]['reward_mean']:.3f} -> "
+                             f"{run[-1]['reward_mean']:.3f}, word acc {_f(run[0]['word_acc'])} -> "
+                             f"{_f(run[-1]['word_acc'])} (step {run[-1]['step']})")
     lines += ["", "![eval curves](ablation.png)", ""]
     atomic_write_text(root / "ablation.md", "\n".join(lines))
     _plot(root, out["cells"])
     return out
+
+
+def _stats(rows: list[dict]) -> dict:
+    out = {}
+    for k in ("reward_mean", "word_acc", "ned"):
+        v = [r[k] for r in rows if r[k] is not None]
+        out[k] = {"mean": float(np.mean(v)) if v else None, "std": float(np.std(v)) if v else None, "values": v}
+    return out
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _plot(root: Path, cells: list[dict]) -> None:

@@ -12,9 +12,10 @@ from varrl.rewards import RewardConfig
 
 
 def nano_text_data() -> SynthConfig:
-    """The distribution the shipped nano model was pretrained on (configs/pretrain_nano.yaml)."""
-    return SynthConfig(case="upper", word_len=(3, 7), fonts=("DejaVuSans-Bold", "DejaVuSerif-Bold",
-                       "DejaVuSansMono-Bold"), background="plain", region_mix={"1": 0.6, "2": 0.4}, cap_px=(14, 24))
+    """The distribution the shipped nano model was pretrained on last (configs/pretrain_nano_center.yaml):
+    one upper-case word of 3-6 letters, centred, monospace bold at 20 px capitals, plain background."""
+    return SynthConfig(case="upper", word_len=(3, 6), fonts=("DejaVuSansMono-Bold",), background="plain",
+                       region_mix={"1": 1.0}, cap_px=(20, 20), layout="center")
 
 
 @dataclass
