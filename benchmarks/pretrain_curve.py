@@ -28,9 +28,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("run_dir")
     ap.add_argument("--out", default="pretrain_curve.png")
+    ap.add_argument("--tokenizer-run", default=None,
+                    help="run whose tokenizer curves to show (a phase that reused a tokenizer has none)")
     args = ap.parse_args()
     run = Path(args.run_dir)
-    tok, model = read(run / "tokenizer" / "metrics.jsonl"), read(run / "model" / "metrics.jsonl")
+    tok_run = Path(args.tokenizer_run) if args.tokenizer_run else run
+    tok, model = read(tok_run / "tokenizer" / "metrics.jsonl"), read(run / "model" / "metrics.jsonl")
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
     ax[0].plot(*series(tok, "tok/l1"), lw=0.8, label="L1 (text-weighted)")
     ax[0].set(title="tokenizer loss", xlabel="step")
@@ -40,7 +43,8 @@ def main() -> None:
     ax[1].legend()
     ax[2].plot(*series(tok, "tok/recon_word_acc"), "o-", label="tokenizer reconstructions")
     ax[2].plot(*series(model, "eval/word_acc"), "s-", label="transformer samples (held-out prompts)")
-    ax[2].set(title="OCR word accuracy", xlabel="step (of each stage)", ylim=(0, 1))
+    ax[2].plot(*series(model, "eval/ned"), "^--", label="transformer samples: NED")
+    ax[2].set(title="OCR word accuracy (NED dashed)", xlabel="step (of each stage)", ylim=(0, 1))
     ax[2].legend(fontsize=8)
     for a in ax:
         a.grid(alpha=0.3)

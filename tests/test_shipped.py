@@ -69,3 +69,13 @@ def test_shipped_decodes_images(shipped):
     img = shipped.decode(traj)
     assert img.shape == (2, 3, 128, 128)
     assert 0.0 <= img.min() and img.max() <= 1.0 and img.std() > 0.05
+
+
+def test_rl_default_prompts_follow_the_shipped_model():
+    # varrl train's default prompt distribution is the one the shipped transformer learned last.
+    from varrl.config import to_dict
+    from varrl.trainer.config import nano_text_data
+
+    meta = json.loads((shipped_model_dir() / "config.json").read_text())
+    recipe = load_config(PretrainConfig, ROOT / "configs" / "pretrain_nano_center.yaml", [])
+    assert meta["trained"]["data"] == to_dict(recipe.data) == to_dict(nano_text_data())
