@@ -130,10 +130,3 @@ def suffix_batch(policy, records, S: int, G: int, m: int, sampler, generator, re
     traj, images, res, ro, wait = sc.finish()
     return StageBatch("suffix", traj, torch.from_numpy(res.scores), traj.group, res.boxes, suffix_steps, images,
                       res, ro, wait)
-
-
-def union_boxes_nonempty(boxes: list[list] | None) -> float:
-    """Share of rows with at least one region (logged: how often MP has something to work with)."""
-    if not boxes:
-        return 0.0
-    return float(np.mean([len(b) > 0 for b in boxes]))
