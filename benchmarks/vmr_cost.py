@@ -1,0 +1,82 @@
+"""Cost of one VMR prefix update relative to one vanilla GRPO update, next to the ideal.
+
+Both updates use the same prompts and group size on the shipped nano model. A prefix update
+samples G prefixes (grids 1..m), K completions of each forked from the prefix's KV cache, and
+trains grids 1..m only. The ideal ratio is 1 + K x (the suffix's share of a full rollout's
+compute), measured here as the suffix share of sampling time. The reward is the cheap
+`brightness` one, so only policy compute is compared.
+
+    python benchmarks/vmr_cost.py [--repeats 2] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from varrl.algorithms.grpo import group_advantages
+from varrl.config import load_config
+from varrl.trainer.batches import full_batch, prefix_batch
+from varrl.trainer.config import TrainRunConfig, apply_method_preset
+from varrl.trainer.dist import DistInfo
+from varrl.trainer.loop import Trainer
+from varrl.trainer.update import policy_update
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    cfg = load_config(TrainRunConfig, None, ["reward.weights={brightness: 1.0}", *args.overrides], apply_method_preset)
+    tc, vmr = cfg.train, cfg.rl.vmr
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
+        P, G, K, m = tc.prompts_per_step, tc.group_size, vmr.k, tr.m
+        records = [tr.train_prompts[i] for i in range(P)]
+        prompts = [r.prompt for r in records]
+        common = (cfg.sampler, tr.gen, tr.reward, tc.micro_batch)
+
+        def update(batch):
+            adv = group_advantages(batch.returns, batch.group).float()
+            keep = torch.arange(batch.traj.batch_size)
+            policy_update(tr.policy, tr.ref_policy, batch.traj, adv, tr.plan(batch, keep), cfg.rl, tc, tr.optimizer,
+                          DistInfo())
+
+        def vanilla():
+            update(full_batch(tr.policy, records, G, *common))
+
+        def prefix():
+            update(prefix_batch(tr.policy, records, G, K, m, vmr.eta, *common))
+
+        vanilla()  # warm-up
+        t_vanilla, t_prefix = best_of(args.repeats, vanilla), best_of(args.repeats, prefix)
+        t_full = best_of(args.repeats, lambda: tr.policy.rollout(prompts, n=G, sampler=cfg.sampler, generator=tr.gen))
+        t_head = best_of(args.repeats, lambda: tr.policy.rollout(prompts, n=G, sampler=cfg.sampler, generator=tr.gen,
+                                                                   steps=m))
+        tr.reward.close()
+    suffix_share = max(0.0, 1.0 - t_head / t_full)
+    T = tr.policy.schedule.num_steps
+    print(f"{P} prompts x G={G}, K={K}, m={m} of {T} grids; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"vanilla update (rollout + update): {t_vanilla:.2f} s")
+    print(f"VMR prefix update:                 {t_prefix:.2f} s  -> {t_prefix / t_vanilla:.2f}x vanilla")
+    print(f"suffix share of a rollout's sampling time: {suffix_share:.2f} -> ideal 1 + K x share = "
+          f"{1 + K * suffix_share:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
