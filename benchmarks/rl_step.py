@@ -63,7 +63,7 @@ def main() -> None:
         trainer.reward.submit(batch.images, prompts, meta).result()
         reward_alone_s = time.perf_counter() - t0
         # FLOPs of one update on that batch (counted, not timed: the counter slows the pass down).
-        adv = group_advantages(batch.returns, batch.group).float()
+        adv = group_advantages(batch.returns, batch.traj.group).float()
         keep = torch.arange(batch.traj.batch_size)
         with FlopCounterMode(display=False) as fc:
             policy_update(trainer.policy, trainer.ref_policy, batch.traj, adv, trainer.plan(batch, keep), cfg.rl,

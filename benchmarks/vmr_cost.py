@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from rescore import best_of  # benchmarks/ is on sys.path when run as a script
 
 from varrl.algorithms.grpo import group_advantages
 from varrl.config import load_config
@@ -25,15 +25,6 @@ from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import DistInfo
 from varrl.trainer.loop import Trainer
 from varrl.trainer.update import policy_update
-
-
-def best_of(repeats: int, fn) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -51,7 +42,7 @@ def main() -> None:
         common = (cfg.sampler, tr.gen, tr.reward, tc.micro_batch)
 
         def update(batch):
-            adv = group_advantages(batch.returns, batch.group).float()
+            adv = group_advantages(batch.returns, batch.traj.group).float()
             keep = torch.arange(batch.traj.batch_size)
             policy_update(tr.policy, tr.ref_policy, batch.traj, adv, tr.plan(batch, keep), cfg.rl, tc, tr.optimizer,
                           DistInfo())
@@ -63,10 +54,10 @@ def main() -> None:
             update(prefix_batch(tr.policy, records, G, K, m, vmr.eta, *common))
 
         vanilla()  # warm-up
-        t_vanilla, t_prefix = best_of(args.repeats, vanilla), best_of(args.repeats, prefix)
-        t_full = best_of(args.repeats, lambda: tr.policy.rollout(prompts, n=G, sampler=cfg.sampler, generator=tr.gen))
-        t_head = best_of(args.repeats, lambda: tr.policy.rollout(prompts, n=G, sampler=cfg.sampler, generator=tr.gen,
-                                                                   steps=m))
+        t_vanilla, t_prefix = best_of(vanilla, args.repeats), best_of(prefix, args.repeats)
+        t_full = best_of(lambda: tr.policy.rollout(prompts, n=G, sampler=cfg.sampler, generator=tr.gen), args.repeats)
+        t_head = best_of(lambda: tr.policy.rollout(prompts, n=G, sampler=cfg.sampler, generator=tr.gen, steps=m),
+                         args.repeats)
         tr.reward.close()
     suffix_share = max(0.0, 1.0 - t_head / t_full)
     T = tr.policy.schedule.num_steps

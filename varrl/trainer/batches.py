@@ -25,8 +25,7 @@ from varrl.viz import to_uint8
 class StageBatch:
     stage: str  # "full", "prefix" or "suffix"
     traj: Trajectory  # rows to update (prefix rows hold grids 1..m only)
-    returns: torch.Tensor  # [B] what advantages are computed from (NaN: not applicable)
-    group: torch.Tensor  # [B] advantage groups
+    returns: torch.Tensor  # [B] what advantages are computed from (NaN: not applicable); groups: traj.group
     boxes: list[list] | None  # per row, the regions that decided its return
     steps: list[int]  # 0-based steps the update trains
     images: np.ndarray  # uint8 [N, H, W, 3]: every scored image (the completions, for prefixes)
@@ -90,7 +89,7 @@ def full_batch(policy, records, G: int, sampler, generator, reward, rows_per_chu
         traj = sc.sample_and_score([r.prompt for r in chunk], G, [r.reward_meta() for r in chunk for _ in range(G)])
         traj.group = traj.group + group_offset + i
     traj, images, res, ro, wait = sc.finish()
-    return StageBatch("full", traj, torch.from_numpy(res.scores), traj.group, res.boxes,
+    return StageBatch("full", traj, torch.from_numpy(res.scores), res.boxes,
                       list(range(policy.schedule.num_steps)), images, res, ro, wait)
 
 
@@ -113,7 +112,7 @@ def prefix_batch(policy, records, G: int, K: int, m: int, eta: float, sampler, g
     boxes = None
     if res.boxes is not None:
         boxes = [[b for k in range(K) for b in res.boxes[row * K + k]] for row in range(pre.batch_size)]
-    return StageBatch("prefix", pre, value, pre.group, boxes, prefix_steps, images, res, ro, wait)
+    return StageBatch("prefix", pre, value, boxes, prefix_steps, images, res, ro, wait)
 
 
 def suffix_batch(policy, records, S: int, G: int, m: int, sampler, generator, reward, rows_per_chunk: int,
@@ -128,5 +127,5 @@ def suffix_batch(policy, records, S: int, G: int, m: int, sampler, generator, re
         pre.group = (group_offset + i) * S + torch.arange(pre.batch_size)
         sc.sample_and_score(None, G, [r.reward_meta() for r in chunk for _ in range(S * G)], start=pre)
     traj, images, res, ro, wait = sc.finish()
-    return StageBatch("suffix", traj, torch.from_numpy(res.scores), traj.group, res.boxes, suffix_steps, images,
+    return StageBatch("suffix", traj, torch.from_numpy(res.scores), res.boxes, suffix_steps, images,
                       res, ro, wait)

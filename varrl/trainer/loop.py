@@ -113,7 +113,7 @@ class Trainer:
         records = [self.train_prompts[step * tc.prompts_per_step + i] for i in self.mine]
         batch = self.rollout(step, records)
         # 2. Advantages over the gathered batch (the same numbers on every rank), then this rank's rows.
-        every = gather_objects(info, (batch.returns, batch.group))
+        every = gather_objects(info, (batch.returns, batch.traj.group))
         all_returns, all_groups = torch.cat([r for r, _ in every]), torch.cat([g for _, g in every])
         adv_all = group_advantages(all_returns, all_groups, cfg.rl.adv_norm, clip=cfg.rl.adv_clip)
         lo = sum(len(r) for r, _ in every[: info.rank])
