@@ -49,9 +49,14 @@ def test_shipped_rescoring_matches_sampling(shipped, mode, cfg, trunc):
     with torch.no_grad():
         rescored = shipped.logprobs(traj)
     diff = max((a - b).abs().max().item() for a, b in zip(rescored, traj.logprobs))
-    # The target is 1e-5 (met by the random test models); the trained model's sharper logits
-    # measure up to 6e-5 here, from matmul rounding that depends on the number of rows.
-    assert diff <= 1e-4, f"max |re-scored - sampled| = {diff:.2e}"
+    # The target is 1e-5 (met by the random test models). On the trained model fp32 matmul
+    # rounding that depends on the number of rows differs between the cached step and the one
+    # teacher-forced pass; `sampling` mode with CFG g=3 mixes the two branches as (1+g)c - g*u and
+    # so amplifies it up to 7x: measured up to 6e-5 in `plain` mode and 1.4e-4 / 1.8e-4 in
+    # `sampling` mode with CFG 3 (full / truncated) on this 2-core CPU. A real mismatch (a wrong
+    # CFG branch, temperature or truncation) moves log-probs by 1e-2 or more.
+    bound = 1e-4 if mode == "plain" or cfg == 0.0 else 5e-4
+    assert diff <= bound, f"max |re-scored - sampled| = {diff:.2e} (bound {bound:.0e})"
 
 
 @pytest.mark.parametrize("m", [3, 6])
@@ -73,9 +78,12 @@ def test_shipped_decodes_images(shipped):
 
 def test_rl_default_prompts_follow_the_shipped_model():
     # varrl train's default prompt distribution is the one the shipped transformer learned last.
-    from varrl.config import to_dict
+    from varrl.config import from_dict, to_dict
+    from varrl.data.synth import SynthConfig
     from varrl.trainer.config import nano_text_data
 
     meta = json.loads((shipped_model_dir() / "config.json").read_text())
     recipe = load_config(PretrainConfig, ROOT / "configs" / "pretrain_nano_center.yaml", [])
-    assert meta["trained"]["data"] == to_dict(recipe.data) == to_dict(nano_text_data())
+    # Through SynthConfig, so that fields added later with their defaults compare equal.
+    shipped = from_dict(SynthConfig, meta["trained"]["data"])
+    assert to_dict(shipped) == to_dict(recipe.data) == to_dict(nano_text_data())

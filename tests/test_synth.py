@@ -122,3 +122,32 @@ def test_renderings_are_legible_to_ocr():
         hits += sum(w.lower() in reads for w in s.words)
     assert total >= 12
     assert hits >= 0.9 * total, f"OCR read {hits}/{total} words"
+
+
+def test_cells_layout_puts_character_j_in_cell_j():
+    cfg = SynthConfig(case="upper", word_len=(3, 6), fonts=("DejaVuSansMono-Bold",), background="plain",
+                      region_mix={"1": 1.0}, cap_px=(20, 20), layout="cells", cell_px=16,
+                      templates=("the text {words} in {fg} on a {bg} background",))
+    g = SynthGenerator(cfg, "train", seed=3)
+    for i in range(6):
+        s = g.sample(i)
+        (word,) = s.words
+        assert s.prompt.startswith(f'the text "{word}" in ')  # the word always starts at character 10
+        bg = s.image[0, 0].astype(int)
+        ink = np.abs(s.image.astype(int) - bg).sum(-1) > 60
+        cols = np.flatnonzero(ink.any(0))
+        # Ink starts in cell 1 and ends in the word's last cell; nothing outside the word's cells.
+        assert 16 <= cols.min() < 32 and 16 * len(word) <= cols.max() < 16 * (len(word) + 1)
+        for j in range(len(word)):
+            assert ink[:, 16 * (j + 1): 16 * (j + 2)].any(), f"no ink in cell {j} of {word!r}"
+        x0, y0, x1, y1 = s.boxes[0]
+        assert abs(x0 - cols.min()) <= 3 and abs(x1 - 1 - cols.max()) <= 3 and y1 - y0 >= 12  # faint anti-aliased edges
+
+
+def test_cells_and_template_validation():
+    with pytest.raises(ValueError, match="no room"):
+        SynthConfig(layout="cells", cell_px=40, word_len=(3, 6))
+    with pytest.raises(ValueError, match="no {words}"):
+        SynthConfig(templates=("just a {fg} picture",))
+    with pytest.raises(ValueError, match="templates is empty"):
+        SynthConfig(templates=())

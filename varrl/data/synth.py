@@ -53,9 +53,17 @@ class SynthConfig:
     word_len: tuple[int, int] = (3, 8)
     case: Literal["upper", "lower", "title", "mixed"] = "mixed"
     background: Literal["plain", "gradient", "noise", "mixed"] = "mixed"
-    layout: Literal["random", "center"] = "random"
-    """random: words anywhere that fits; center: word i of n centred on row i of n equal rows
-    (an easy layout for a model that must learn glyphs on a CPU budget)"""
+    layout: Literal["random", "center", "cells"] = "random"
+    """random: words anywhere that fits; center: word i of n centred on row i of n equal rows;
+    cells: word i of n on row i of n, left-aligned, one character per `cell_px`-wide cell (the
+    easiest layout to learn on a CPU budget: character j of a word always lands on the same token
+    columns)"""
+    cell_px: int = 16
+    """width of a character cell in the `cells` layout (a multiple of the tokenizer's 8 px patch
+    keeps every character on its own token columns)"""
+    templates: tuple[str, ...] = TEMPLATES
+    """prompt templates with {words}, {fg} and {bg}; one template whose {words} comes first keeps
+    every character at a fixed prompt position"""
     min_contrast: float = 0.35
     """minimum luminance difference between text and background colours (0..1)"""
     heldout_every: int = 10
@@ -69,6 +77,14 @@ class SynthConfig:
             raise ValueError("region_mix needs a positive total probability")
         if self.cap_px[0] < 12:
             raise ValueError(f"cap_px starts at {self.cap_px[0]}px; OCR needs glyphs of at least 12px")
+        if not self.templates:
+            raise ValueError("templates is empty: give at least one prompt template with {words}")
+        for t in self.templates:
+            if "{words}" not in t:
+                raise ValueError(f"prompt template {t!r} has no {{words}} field")
+        if self.layout == "cells" and self.cell_px * (self.word_len[0] + 1) > self.image_size:
+            raise ValueError(f"cell_px={self.cell_px} leaves no room for {self.word_len[0]}-letter words in a "
+                             f"{self.image_size}px image; lower cell_px or word_len")
 
 
 @dataclass
@@ -156,14 +172,19 @@ class SynthGenerator:
             if placed is None:
                 break  # the canvas is full: fewer regions than asked, recorded truthfully
             word, box, pos, font = placed
-            draw.text(pos, word, font=font, fill=self._jitter(rng, PALETTE[fg_name]))
+            fill = self._jitter(rng, PALETTE[fg_name])
+            if isinstance(pos, list):  # the cells layout places every character itself
+                for ch, p in zip(word, pos):
+                    draw.text(p, ch, font=font, fill=fill)
+            else:
+                draw.text(pos, word, font=font, fill=fill)
             words.append(word)
             boxes.append(box)
         if not words:
             lo = self.config.cap_px[0]
             raise ValueError(f"no word fits a {cfg.image_size}px image at {lo}px capitals in font {font_name}; "
                              "lower cap_px or word_len, or raise image_size")
-        template = rng.choice(TEMPLATES)
+        template = rng.choice(cfg.templates)
         prompt = template.format(words=quote_words(words), fg=fg_name, bg=bg_name)
         return SynthSample(np.asarray(canvas, dtype=np.uint8), prompt, words, boxes, len(words))
 
@@ -219,6 +240,11 @@ class SynthGenerator:
             word = self._case(rng, rng.choice(pool))
             cap = rng.randint(lo, max(lo, round(hi - (hi - lo) * a / attempts)))
             font = self._font_for_cap(font_name, cap)
+            if self.config.layout == "cells":
+                placed = self._place_cells(draw, word, font, len(boxes), n_target, margin)
+                if placed is not None:
+                    return placed
+                continue
             x0, y0, x1, y1 = draw.textbbox((0, 0), word, font=font)
             w, h = x1 - x0, y1 - y0
             if w > size - 2 * margin or h > size - 2 * margin or h < MIN_INK_PX:
@@ -233,6 +259,26 @@ class SynthGenerator:
             if all(not _overlap(box, b, margin) for b in boxes):
                 return word, box, (px, py), font
         return None
+
+    def _place_cells(self, draw, word: str, font, row: int, n_rows: int, margin: int):
+        """Left-aligned word with character j centred in cell j (x from cell_px*(j+1)), its capitals
+        centred on row `row` of `n_rows`. Returns (word, ink box, per-character positions, font)."""
+        size, cell = self.config.image_size, self.config.cell_px
+        if cell * (len(word) + 1) > size - margin:
+            return None
+        _, top, _, bottom = font.getbbox("H")
+        row_mid = size * (2 * row + 1) // (2 * n_rows)
+        py = row_mid - (top + bottom) // 2
+        positions, ink = [], []
+        for j, ch in enumerate(word):
+            x0, y0, x1, y1 = draw.textbbox((0, 0), ch, font=font)
+            px = cell * (j + 1) + (cell - (x1 - x0)) // 2 - x0
+            positions.append((px, py))
+            ink.append((px + x0, py + y0, px + x1, py + y1))
+        box = (min(b[0] for b in ink), min(b[1] for b in ink), max(b[2] for b in ink), max(b[3] for b in ink))
+        if box[1] < margin or box[3] > size - margin or box[3] - box[1] < MIN_INK_PX:
+            return None
+        return word, box, positions, font
 
     @staticmethod
     @lru_cache(maxsize=256)
