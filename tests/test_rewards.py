@@ -245,11 +245,12 @@ def test_build_reward():
     default = build_reward(RewardConfig())
     assert [(x.name, w) for x, w in default.rewards] == [("text_ocr", 1.0)]
     assert default.rewards[0][0]._pool is None  # OCR workers start on first use, not at build time
-    with pytest.raises(ValueError, match=r"valid names: \['brightness', 'text_ocr'\]"):
+    names = r"\['brightness', 'classifier', 'clip_score', 'hpsv3', 'jpeg', 'text_ocr'\]"
+    with pytest.raises(ValueError, match=f"valid names: {names}"):
         build_reward(RewardConfig(weights={"clip": 1.0}))
     with pytest.raises(ValueError, match="empty"):
         build_reward(RewardConfig(weights={}))
-    assert set(REWARDS) == {"text_ocr", "brightness"}
+    assert set(REWARDS) == {"text_ocr", "brightness", "clip_score", "hpsv3", "jpeg", "classifier"}
 
 
 # ---- TextOcrReward through the real OCR engine ---------------------------------------------------

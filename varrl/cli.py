@@ -63,6 +63,50 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(images)} samples to {args.out}")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from varrl.eval.cvtg import markdown_table
+    from varrl.policy.sampler import SamplerConfig
+    from varrl.recipes.evaluate import EvalConfig, run_eval
+
+    sampler = SamplerConfig(cfg=args.cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k, top_p=args.top_p,
+                            temperature=args.temperature)
+    cfg = EvalConfig(benchmark=args.benchmark, data=args.data, checkpoint=args.checkpoint, images=args.images,
+                     out=args.out or f"runs/eval_{args.benchmark}", limit=args.limit, seed=args.seed,
+                     batch=args.batch, ocr_workers=args.ocr_workers, clip_model=args.clip_model, device=args.device,
+                     sampler=sampler, hpsv3_backbone=args.hpsv3_backbone, hpsv3_checkpoint=args.hpsv3_checkpoint)
+    metrics = run_eval(cfg)
+    if "by_regions" in metrics:
+        print(markdown_table(metrics), end="")
+    elif "by_category" in metrics:
+        from varrl.eval.hpsv3_bench import markdown_table as hpsv3_table
+
+        print(hpsv3_table(metrics, metrics["source"]), end="")
+    print(f"wrote {cfg.out}/metrics.json and {cfg.out}/metrics.md")
+
+
+def _data(args: argparse.Namespace) -> None:
+    from varrl.data import regions
+
+    if args.data_command == "synth-cvtg":
+        from varrl.eval.synthbench import build_synth_cvtg
+
+        files = build_synth_cvtg(args.out, args.per_file, args.seed, render=args.render)
+        print(f"wrote {len(files)} files under {args.out}" + (f"; reference renderings in {args.render}"
+                                                               if args.render else ""))
+        return
+    records = regions.read_records(args.prompts)
+    if args.data_command == "stats":
+        print(regions.format_histogram(regions.histogram(records)))
+        return
+    if args.data_command == "sample":
+        chosen = regions.sample_mix(records, regions.parse_target(args.target), args.n, args.seed)
+    else:
+        chosen = regions.filter_bins(records, regions.parse_bins(args.bins))
+    regions.write_records(chosen, args.out)
+    print(f"wrote {len(chosen)} of {len(records)} prompts to {args.out}")
+    print(regions.format_histogram(regions.histogram(chosen)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="varrl", description="RL fine-tuning of next-scale (VAR) image generators")
     sub = p.add_subparsers(dest="command", required=True)
@@ -105,6 +149,54 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scale", type=int, default=1, help="upscale each image by this factor")
     sp.add_argument("--ocr", action="store_true", help="caption each image with what the OCR engine reads")
     sp.set_defaults(func=_sample)
+
+    ev = sub.add_parser("eval", help="generate a benchmark's images and score them (or score existing images)")
+    ev.add_argument("--benchmark", default="cvtg", help="benchmark to run (default: cvtg)")
+    ev.add_argument("--data", default=None, help="benchmark root (default: the shipped synthetic CVTG benchmark)")
+    ev.add_argument("--checkpoint", default=None, help="model directory (default: the shipped nano model)")
+    ev.add_argument("--images", default=None, metavar="DIR",
+                    help="score the images in DIR ({subset}/{N}/{index}.png) instead of generating")
+    ev.add_argument("--out", default=None, help="output folder (default: runs/eval_<benchmark>)")
+    ev.add_argument("--limit", type=int, default=0, help="only this many prompts, round-robin over files (0: all)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch", type=int, default=16, help="prompts per generation batch")
+    ev.add_argument("--ocr-workers", type=int, default=2, help="OCR worker processes (0: in this process)")
+    ev.add_argument("--clip-model", default=None, metavar="PATH_OR_ID",
+                    help="CLIP model for CLIPScore: a local CLIPModel directory or a hub id (default: none, "
+                         "clip_score is null)")
+    ev.add_argument("--device", default="auto", help="device for generation and CLIP (auto, cpu, cuda)")
+    ev.add_argument("--hpsv3-backbone", default=None, metavar="DIR",
+                    help="--benchmark hpsv3: local Qwen2-VL-7B-Instruct directory (config, tokenizer, preprocessor)")
+    ev.add_argument("--hpsv3-checkpoint", default=None, metavar="FILE",
+                    help="--benchmark hpsv3: the released HPSv3.safetensors")
+    ev.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance strength")
+    ev.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
+    ev.add_argument("--top-k", type=int, default=0)
+    ev.add_argument("--top-p", type=float, default=0.0)
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.set_defaults(func=_eval)
+
+    da = sub.add_parser("data", help="prompt sets by text-region count: stats, sample, filter; benchmark builder")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("stats", help="histogram of region counts (bins 1, 2, 3, 4, 5, >5)")
+    ds.add_argument("prompts", help="JSONL file, one {\"prompt\": ...} per line (optional \"regions\" field)")
+    dm = dsub.add_parser("sample", help="draw prompts matching a target region mix exactly, without replacement")
+    dm.add_argument("prompts", help="JSONL prompts file")
+    dm.add_argument("--target", required=True, help="BIN:WEIGHT list, e.g. 2:0.2,3:0.3,4:0.3,5:0.2")
+    dm.add_argument("--n", type=int, required=True, help="prompts to draw")
+    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--out", required=True, help="JSONL file to write")
+    df = dsub.add_parser("filter", help="keep the prompts of chosen region bins")
+    df.add_argument("prompts", help="JSONL prompts file")
+    df.add_argument("--bins", required=True, help="bins to keep, e.g. 2,3 or 5,>5")
+    df.add_argument("--out", required=True, help="JSONL file to write")
+    db = dsub.add_parser("synth-cvtg", help="(re)build the synthetic CVTG-format benchmark")
+    db.add_argument("--out", required=True, help="benchmark root to write (CVTG/N.json, CVTG-Style/N.json)")
+    db.add_argument("--per-file", type=int, default=24, help="prompts per subset and region count")
+    db.add_argument("--seed", type=int, default=0)
+    db.add_argument("--render", default=None, metavar="DIR",
+                    help="also save the generator's rendering of each prompt in DIR (for varrl eval --images)")
+    da.set_defaults(func=_data)
     return p
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from varrl.eval.textmetrics import split_words
+
 
 @dataclass(frozen=True)
 class OcrWord:
@@ -64,7 +66,7 @@ class OcrEngine:
             quad = np.asarray(quad, dtype=np.float64)
             x0, y0 = quad.min(0)
             x1, y1 = quad.max(0)
-            parts = text.split()
+            parts = split_words(text)  # the metrics' own tokenisation
             if not parts:
                 continue
             # A line with several words: split its box in proportion to character counts.

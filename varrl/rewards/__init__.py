@@ -9,12 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from varrl.rewards.base import CombinedReward, Pending, Reward, RewardResult, check_inputs
+from varrl.rewards.classifier import ClassifierConfig, ClassifierReward
+from varrl.rewards.clip_score import ClipScoreConfig, ClipScoreReward
+from varrl.rewards.hpsv3 import HpsV3Config, HpsV3Reward
+from varrl.rewards.jpeg import JpegConfig, JpegReward
 from varrl.rewards.simple import BrightnessConfig, BrightnessReward
 from varrl.rewards.text_ocr import TextOcrConfig, TextOcrReward, text_ocr_terms
 
 REWARDS: dict[str, tuple[type[Reward], type]] = {
     "text_ocr": (TextOcrReward, TextOcrConfig),
     "brightness": (BrightnessReward, BrightnessConfig),
+    "clip_score": (ClipScoreReward, ClipScoreConfig),
+    "hpsv3": (HpsV3Reward, HpsV3Config),
+    "jpeg": (JpegReward, JpegConfig),
+    "classifier": (ClassifierReward, ClassifierConfig),
 }
 
 
@@ -26,6 +34,10 @@ class RewardConfig:
     """reward name -> weight in the sum; a weight of 0 computes and logs a reward without training on it"""
     text_ocr: TextOcrConfig = field(default_factory=TextOcrConfig)
     brightness: BrightnessConfig = field(default_factory=BrightnessConfig)
+    clip_score: ClipScoreConfig = field(default_factory=ClipScoreConfig)
+    hpsv3: HpsV3Config = field(default_factory=HpsV3Config)
+    jpeg: JpegConfig = field(default_factory=JpegConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 
 def build_reward(cfg: RewardConfig) -> Reward:
@@ -45,4 +57,6 @@ def build_reward(cfg: RewardConfig) -> Reward:
 __all__ = [
     "REWARDS", "BrightnessConfig", "BrightnessReward", "CombinedReward", "Pending", "Reward", "RewardConfig",
     "RewardResult", "TextOcrConfig", "TextOcrReward", "build_reward", "check_inputs", "text_ocr_terms",
+    "ClassifierConfig", "ClassifierReward", "ClipScoreConfig", "ClipScoreReward", "HpsV3Config", "HpsV3Reward",
+    "JpegConfig", "JpegReward",
 ]
