@@ -134,3 +134,14 @@ def test_update_refuses_a_nan_loss(tiny_dir):
         policy_update(policy, None, traj, torch.tensor([float("nan"), 1.0]), plan, RlConfig(kl_beta=0),
                       TrainConfig(), opt, DistInfo())
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))  # nothing was applied
+
+
+def test_evaluations_are_paired_across_seeds(tiny_dir, tmp_path):
+    # The held-out prompts and noise follow train.eval_seed, not run.seed: two seeds of one config
+    # evaluate the same start identically; eval_seed=null goes back to run.seed.
+    evals = {}
+    for name, extra in (("s1", ["run.seed=1"]), ("s2", ["run.seed=2"]), ("s3", ["run.seed=2", "train.eval_seed=null"])):
+        assert main(["train", *tiny_args(tiny_dir, tmp_path, name, "train.steps=1", *extra)]) == 0
+        evals[name] = json.loads((tmp_path / name / "report.json").read_text())["eval"][0]["reward_mean"]
+    assert evals["s1"] == evals["s2"]
+    assert evals["s3"] != evals["s2"]

@@ -50,7 +50,7 @@ def _sample(args: argparse.Namespace) -> None:
         raise UsageError("--n must be at least 1")
     sampler = SamplerConfig(cfg=args.cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k, top_p=args.top_p,
                             temperature=args.temperature)
-    policy = load_policy(args.checkpoint)
+    policy = load_policy(args.checkpoint, vae=args.vae)
     traj = policy.rollout(args.prompt, n=args.n, sampler=sampler, generator=torch.Generator().manual_seed(args.seed))
     images = to_uint8(policy.decode(traj))
     captions = list(traj.prompts)
@@ -139,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, default=4, help="samples per prompt")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="samples.png", help="PNG file to write")
-    sp.add_argument("--checkpoint", default=None, help="model directory (default: the shipped nano model)")
+    sp.add_argument("--checkpoint", default=None, help="model directory (default: the shipped nano model), or a "
+                    "published VAR checkpoint file (then --prompt takes class labels, e.g. --prompt 207)")
+    sp.add_argument("--vae", default=None, help="tokenizer file of a VAR checkpoint (default: "
+                    "vae_ch160v4096z32.pth beside it)")
     sp.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance strength")
     sp.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
     sp.add_argument("--top-k", type=int, default=0)

@@ -9,8 +9,9 @@ from varrl.data.regions import RegionMixError
 from varrl.eval.cvtg import BenchmarkError, EvalError
 from varrl.models.text import PromptError
 from varrl.policy.sampler import SamplerConfigError
+from varrl.policy.var_policy import ClassLabelError
 from varrl.rundir import RunDirError
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, PromptFileError, CheckpointError, PromptError, RunDirError,
                                             SamplerConfigError, FileNotFoundError, BenchmarkError, EvalError,
-                                            RegionMixError)
+                                            RegionMixError, ClassLabelError)

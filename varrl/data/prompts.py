@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from varrl.data.synth import SynthConfig, SynthGenerator
 from varrl.eval.textmetrics import quoted_words
 
@@ -40,6 +42,36 @@ class SynthPrompts:
 
     def __len__(self) -> int:
         return 2**62  # unbounded: every index is a new sample
+
+
+class ClassPrompts:
+    """Class labels for class-conditional models: each pass over `labels` goes in its own seeded
+    order. A record's prompt is the label as digits ("207"), its meta {"label": 207}; no words."""
+
+    def __init__(self, labels: list[int], seed: int, where: str = "data.classes"):
+        if not labels:
+            raise PromptFileError(f"{where} is empty: give at least one class label, e.g. {where}=[207, 360]")
+        bad = [x for x in labels if isinstance(x, bool) or not isinstance(x, int) or x < 0]
+        if bad:
+            raise PromptFileError(f"{where} must hold class labels (integers >= 0), got {bad[:3]}")
+        self.labels, self.seed, self.where = list(labels), seed, where
+
+    def __getitem__(self, index: int) -> PromptRecord:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + index // n))
+        label = self.labels[int(order[index % n])]
+        return PromptRecord(str(label), (), {"label": label})
+
+    def check(self, check_prompt) -> None:
+        """Run check_prompt(prompt) on every label; its ValueError comes back naming the config key."""
+        for label in self.labels:
+            try:
+                check_prompt(str(label))
+            except ValueError as e:
+                raise PromptFileError(f"{self.where}: {e}") from e
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 class JsonlPrompts:

@@ -1,7 +1,9 @@
 """Loading model directories: the shipped nano weights, exported runs, and checkpoints.
 
 A model directory holds `config.json` ({"format": "varrl-nano/1", "tokenizer": {...},
-"model": {...}}), `tokenizer.safetensors` and `model.safetensors`.
+"model": {...}}), `tokenizer.safetensors` and `model.safetensors`. Published VAR checkpoints (a
+`.pth`/`.safetensors` file and its tokenizer) and VAR model directories ("varrl-var/1") load
+through varrl.policy.var_load; the kind is read off the path.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from varrl.config import ConfigError, from_dict, to_dict
 from varrl.models.nano import NanoConfig, NanoVAR
 from varrl.models.tokenizer import TokenizerConfig, VQTokenizer
 from varrl.policy.nano_policy import NanoPolicy
+from varrl.policy.var_load import VAR_FORMAT, is_checkpoint_file, load_var_dir, load_var_file
+from varrl.policy.var_policy import VarPolicy
 
 FORMAT = "varrl-nano/1"
 
@@ -27,11 +31,15 @@ def shipped_model_dir() -> Path:
     return Path(str(resources.files("varrl").joinpath("assets/nano")))
 
 
-def load_policy(path: str | Path | None = None, device: str | torch.device = "cpu") -> NanoPolicy:
-    """The shipped nano policy (no argument) or the model directory at `path`."""
+def load_policy(path: str | Path | None = None, device: str | torch.device = "cpu",
+                vae: str | Path | None = None) -> NanoPolicy | VarPolicy:
+    """The shipped nano policy (no argument), the model directory at `path`, or a published VAR
+    checkpoint file with its tokenizer file `vae` (default: vae_ch160v4096z32.pth beside it)."""
     root = shipped_model_dir() if path is None else Path(path)
     if not root.exists():
         raise CheckpointError(f"checkpoint path not found: {root}")
+    if is_checkpoint_file(root):
+        return load_var_file(root, vae, device)
     if root.is_dir() and not (root / "config.json").exists():
         for sub in ("last", "export"):  # an RL run dir holds last/, a pretraining run dir export/
             if (root / sub / "config.json").exists():
@@ -45,6 +53,8 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    if meta.get("format") == VAR_FORMAT:
+        return load_var_dir(root, meta, device)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_file}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
     try:
@@ -69,7 +79,8 @@ def save_policy(policy: NanoPolicy, dest: str | Path, extra: dict | None = None)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    meta = {"format": FORMAT, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg),
+    fmt = VAR_FORMAT if isinstance(policy, VarPolicy) else FORMAT
+    meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg),
             **(extra or {})}
     for name, module in (("tokenizer", policy.tokenizer), ("model", policy.model)):
         save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},

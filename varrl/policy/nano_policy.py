@@ -39,6 +39,9 @@ class NanoPolicy:
     def check_prompts(self, prompts: list[str]) -> None:
         batch_prompts(list(prompts), self.model.cfg.max_text_len)
 
+    def _fork_context(self, ctx: dict, n: int) -> dict:
+        return fork_context(ctx, n)
+
     def _context(self, prompts: list[str], with_uncond: bool) -> dict:
         """Prompt context for the rows; with CFG, the unconditional rows follow the conditional ones."""
         max_len = self.model.cfg.max_text_len
@@ -92,7 +95,7 @@ class NanoPolicy:
         B0 = len(base_prompts)
         if fork:
             # repeat_interleave keeps the [cond rows; uncond rows] layout: each half is prompt-major.
-            ctx, caches = fork_context(ctx, n), fork_caches(caches, n)
+            ctx, caches = self._fork_context(ctx, n), fork_caches(caches, n)
             if f_hat is not None:
                 f_hat, x_next = f_hat.repeat_interleave(n, 0), x_next.repeat_interleave(n, 0)
         rows = [p for p in base_prompts for _ in range(n)]

@@ -21,7 +21,10 @@ def nano_text_data() -> SynthConfig:
 @dataclass
 class PolicyConfig:
     path: str | None = None
-    """model directory to start from (default: the shipped nano model)"""
+    """model directory to start from (default: the shipped nano model), or a published VAR
+    checkpoint file (var_d16.pth ..: class-conditional, conditions are class labels)"""
+    vae: str | None = None
+    """tokenizer file of a VAR checkpoint (default: vae_ch160v4096z32.pth beside it)"""
     device: str = "cpu"
     """torch device: 'cpu', 'cuda', 'cuda:1' or 'auto' (under torchrun, cuda means cuda:<local rank>)"""
 
@@ -49,6 +52,9 @@ class TrainConfig:
     eval_every: int = 20
     """held-out evaluation every n steps (and at step 0 and at the end); 0: only at the ends"""
     eval_prompts: int = 32
+    eval_seed: int | None = 0
+    """seed of the held-out prompts and sampling noise, shared by all runs so that evaluations are
+    paired across seeds and cells (null: use run.seed)"""
     save_every: int = 10
     keep_checkpoints: int = 2
     samples_in_grid: int = 16
@@ -132,6 +138,10 @@ class DataConfig:
     """JSONL training prompts ({"prompt": ..., "words": [...]}); replaces the synthetic train split"""
     eval_prompts_file: str | None = None
     """JSONL evaluation prompts; default: the synthetic held-out split"""
+    classes: list[int] | None = None
+    """class labels to train on (class-conditional models such as VAR-d16); replaces the text prompts"""
+    eval_classes: list[int] | None = None
+    """held-out class labels for evaluation (default: data.classes)"""
 
 
 @dataclass

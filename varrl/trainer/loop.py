@@ -18,7 +18,7 @@ from varrl.algorithms.panw import step_weights
 from varrl.algorithms.stages import stage_at
 from varrl.checkpoint import latest_checkpoint
 from varrl.config import ConfigError
-from varrl.data.prompts import JsonlPrompts, SynthPrompts
+from varrl.data.prompts import ClassPrompts, JsonlPrompts, SynthPrompts
 from varrl.policy.load import load_policy, save_policy
 from varrl.policy.sampler import NonFiniteError
 from varrl.rewards import build_reward
@@ -33,9 +33,20 @@ from varrl.trainer.update import NonFiniteLossError, UpdatePlan, policy_update
 
 def prompt_sources(cfg: TrainRunConfig):
     d = cfg.data
+    if d.classes is not None:  # a class-conditional model: labels instead of text prompts
+        held_out = d.eval_classes if d.eval_classes is not None else d.classes
+        return (ClassPrompts(d.classes, cfg.run.seed),
+                ClassPrompts(held_out, eval_seed(cfg) + 1, "data.eval_classes"))
     train = JsonlPrompts(d.prompts_file) if d.prompts_file else SynthPrompts(d.synth, "train", cfg.run.seed)
-    ev = JsonlPrompts(d.eval_prompts_file) if d.eval_prompts_file else SynthPrompts(d.synth, "heldout", cfg.run.seed)
+    ev = (JsonlPrompts(d.eval_prompts_file) if d.eval_prompts_file
+          else SynthPrompts(d.synth, "heldout", eval_seed(cfg)))
     return train, ev
+
+
+def eval_seed(cfg: TrainRunConfig) -> int:
+    """Seed of the held-out prompts and their sampling noise: by default the same for every run, so
+    that runs of an ablation (and the seeds of one cell) are compared on identical evaluations."""
+    return cfg.run.seed if cfg.train.eval_seed is None else cfg.train.eval_seed
 
 
 def warmup_lr(step: int, base: float, warmup: int) -> float:
@@ -52,7 +63,7 @@ class Trainer:
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(cfg.run.seed)
-        self.policy = load_policy(cfg.policy.path, device=pick_device(cfg.policy.device, info))
+        self.policy = load_policy(cfg.policy.path, device=pick_device(cfg.policy.device, info), vae=cfg.policy.vae)
         self.ref_policy = copy.deepcopy(self.policy) if cfg.rl.kl_beta > 0 else None  # frozen start
         if self.ref_policy is not None:
             self.ref_policy.model.requires_grad_(False)
@@ -63,7 +74,7 @@ class Trainer:
         self.eval_records = [eval_source[i] for i in range(tc.eval_prompts)]
         # Fail now, not an hour in, on a prompt the model cannot read.
         for source in (self.train_prompts, eval_source):
-            if isinstance(source, JsonlPrompts):
+            if isinstance(source, (JsonlPrompts, ClassPrompts)):
                 source.check(lambda p: self.policy.check_prompts([p]))
         self.policy.check_prompts([r.prompt for r in self.eval_records])
         self.start = 0
@@ -160,7 +171,7 @@ class Trainer:
 
     def evaluate(self, at: int) -> None:
         tc = self.cfg.train
-        res = evaluate(self.policy, self.eval_records, self.cfg.sampler, self.cfg.run.seed, self.reward,
+        res = evaluate(self.policy, self.eval_records, self.cfg.sampler, eval_seed(self.cfg), self.reward,
                        tc.micro_batch, self.info)
         if self.writer is not None:
             self.writer.metrics(at, {f"eval/{k}": v for k, v in res.metrics.items()})
