@@ -35,9 +35,13 @@ def main() -> None:
     tok_run = Path(args.tokenizer_run) if args.tokenizer_run else run
     tok, model = read(tok_run / "tokenizer" / "metrics.jsonl"), read(run / "model" / "metrics.jsonl")
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    ax[0].plot(*series(tok, "tok/l1"), lw=0.8, label="L1 (text-weighted)")
+    if tok:
+        ax[0].plot(*series(tok, "tok/l1"), lw=0.8, label="L1 (text-weighted)")
+        ax[0].legend()
+    else:  # a phase that reused a tokenizer: say so rather than draw empty axes
+        ax[0].text(0.5, 0.5, "tokenizer reused from an earlier phase\n(pass --tokenizer-run)", ha="center",
+                   va="center", transform=ax[0].transAxes)
     ax[0].set(title="tokenizer loss", xlabel="step")
-    ax[0].legend()
     ax[1].plot(*series(model, "model/loss"), lw=0.8, label="cross-entropy")
     ax[1].set(title="transformer loss", xlabel="step")
     ax[1].legend()

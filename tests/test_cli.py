@@ -210,3 +210,23 @@ def test_pretrain_export_writes_a_half_precision_model_dir(pretrained, tmp_path,
     assert next(policy.model.parameters()).dtype == torch.float32
     assert main(["pretrain", "--export", str(dest)]) == 2
     assert "--export needs --resume" in capsys.readouterr().err
+
+
+def test_pretrain_token_weights_mark_the_word_cells():
+    from types import SimpleNamespace
+
+    from varrl.models.tokenizer import TokenizerConfig
+    from varrl.recipes.pretrain_model import token_weights
+
+    sched = TokenizerConfig().schedule()  # 128 px, last grid 16x16 of 8 px cells
+    word = SimpleNamespace(boxes=[(16, 54, 112, 74)])  # x cells 2..13, y cells 6..9
+    blank = SimpleNamespace(boxes=[])  # no boxes: a full mask, as in mask propagation (uniform weights)
+    w_BL = token_weights([word, blank], (128, 128), sched, 4.0)
+    assert w_BL.shape == (2, sched.total_tokens)
+    last_hw = w_BL[0, -256:].view(16, 16)
+    on = torch.zeros(16, 16, dtype=torch.bool)
+    on[5:11, 1:15] = True  # the box's cells grown by one cell
+    assert torch.equal(last_hw == 4.0, on) and torch.equal(last_hw[~on], torch.ones(int((~on).sum())))
+    assert w_BL[0, 0] == 4.0  # the 1x1 grid covers the word
+    assert torch.equal(w_BL[1], torch.full((sched.total_tokens,), 4.0))
+    assert torch.equal(token_weights([word], (128, 128), sched, 1.0), torch.ones(1, sched.total_tokens))

@@ -53,6 +53,9 @@ class ModelTrainConfig:
     grad_clip: float = 1.0
     cond_drop: float = 0.1
     """probability of replacing a prompt by the empty prompt: trains the unconditional branch for CFG"""
+    text_weight: float = 1.0
+    """loss weight of tokens whose cells overlap a word box (grown by one cell), relative to the
+    rest: the words are a tenth of an image's tokens but all of what a text reward asks for"""
     log_every: int = 20
     save_every: int = 100
     eval_every: int = 500

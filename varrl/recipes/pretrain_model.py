@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from varrl.algorithms.masks import batch_step_masks
 from varrl.checkpoint import (
     atomic_write_text,
     latest_checkpoint,
@@ -80,7 +81,9 @@ def train_model(cfg, run_dir: Path, tok_ckpt: Path, resume_ckpt: Path | None, oc
         ids, mask = batch_prompts(prompts, cfg.model.max_text_len, allow_empty=True)
         logits = model(model.encode_text(ids.to(dev), mask.to(dev)), inputs)
         target = torch.cat(idx_list, dim=1)
-        loss = F.cross_entropy(logits.reshape(-1, V), target.flatten())
+        ce_BL = F.cross_entropy(logits.reshape(-1, V), target.flatten(), reduction="none").view_as(target)
+        w_BL = token_weights(samples, tuple(img.shape[-2:]), model.schedule, mc.text_weight).to(dev)
+        loss = (ce_BL * w_BL).sum() / w_BL.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), mc.grad_clip)
@@ -104,6 +107,15 @@ def train_model(cfg, run_dir: Path, tok_ckpt: Path, resume_ckpt: Path | None, oc
             image_grid(res.images[:16], [f"{p} | read: {' '.join(r)}" for p, r in zip(res.prompts, res.reads)][:16],
                        cols=8, caption_lines=4).save(out / "samples" / f"step_{step + 1:06d}.png")
     return policy
+
+
+def token_weights(samples, image_hw: tuple[int, int], schedule, text_weight: float) -> torch.Tensor:
+    """[B, L] loss weights: text_weight on the tokens of every grid that cover a word (one cell of
+    dilation, carried to coarser grids as mask propagation does), 1 elsewhere."""
+    if text_weight == 1.0:
+        return torch.ones(len(samples), schedule.total_tokens)
+    masks = batch_step_masks([list(s.boxes) for s in samples], image_hw, list(schedule.grids), "max", 0.5, 1)
+    return 1.0 + (text_weight - 1.0) * torch.cat(masks, dim=1)
 
 
 def _init_history(init_from: str | None) -> dict | None:

@@ -12,10 +12,12 @@ from varrl.rewards import RewardConfig
 
 
 def nano_text_data() -> SynthConfig:
-    """The distribution the shipped nano model was pretrained on last (configs/pretrain_nano_center.yaml):
-    one upper-case word of 3-6 letters, centred, monospace bold at 20 px capitals, plain background."""
+    """The distribution the shipped nano model was pretrained on last (configs/pretrain_nano_cells.yaml):
+    one upper-case word of 3-6 letters, one character per 16 px cell from the left, monospace bold at
+    20 px capitals, plain background, one prompt template."""
     return SynthConfig(case="upper", word_len=(3, 6), fonts=("DejaVuSansMono-Bold",), background="plain",
-                       region_mix={"1": 1.0}, cap_px=(20, 20), layout="center")
+                       region_mix={"1": 1.0}, cap_px=(20, 20), layout="cells", cell_px=16,
+                       templates=("the text {words} in {fg} on a {bg} background",))
 
 
 @dataclass
