@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from varrl.data.synth import SynthConfig, SynthGenerator
-from varrl.eval.textmetrics import ned_similarity, word_hits
+from varrl.eval.textmetrics import WordStats, word_stats
 from varrl.policy.sampler import SamplerConfig
 from varrl.viz import to_uint8
 
@@ -44,7 +44,5 @@ def measure_word_accuracy(policy, prompts: list[str], words: list[list[str]], sa
         imgs = to_uint8(policy.decode(traj))
         images.append(imgs)
         reads += [[w.text for w in r] for r in ocr.read(list(imgs))]
-    hits = sum(word_hits(w, r) for w, r in zip(words, reads))
-    total = sum(len(w) for w in words)
-    ned = float(np.mean([ned_similarity(t, r) for w, r in zip(words, reads) for t in w])) if total else 0.0
-    return HeldoutResult(hits / max(1, total), ned, np.concatenate(images), list(prompts), reads)
+    stats = sum((word_stats(w, r) for w, r in zip(words, reads)), WordStats())
+    return HeldoutResult(stats.word_acc or 0.0, stats.ned or 0.0, np.concatenate(images), list(prompts), reads)
