@@ -3,8 +3,8 @@
 A VAR-style decoder over the flattened token grids of all scales, conditioned on a prompt in two
 ways: AdaLN (shift, scale, gate per block) from the pooled text vector, and cross-attention to
 the per-character features (so that it can spell several words in different places).
-Teacher forcing runs all scales in one pass under a block-causal mask; sampling runs scale by
-scale with a KV cache. Both go through `_blocks`, so they compute the same function.
+Teacher forcing runs all scales in one pass, block-causal; sampling runs scale by scale with a KV
+cache. Both go through `_blocks` with the same per-scale shapes, so they compute the same numbers.
 """
 
 from __future__ import annotations
@@ -39,22 +39,24 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x_BLD: torch.Tensor, offsets: tuple[int, ...] | None, cache: dict | None) -> torch.Tensor:
-        B, L, D = x_BLD.shape
-        q, k, v = self.qkv(x_BLD).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        if cache is not None:  # sampling: attend to every earlier scale plus this one
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
+    def forward(self, xs: list[torch.Tensor], cache: dict | None) -> list[torch.Tensor]:
+        """xs: consecutive scales [B, n_t, D]; each attends to itself and every scale before it,
+        including those already in `cache` (sampling), which then gains the keys/values of xs."""
+        B, _, D = xs[0].shape
+        qkv = [self.qkv(x).view(B, x.shape[1], 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4) for x in xs]
+        ks, vs = [t[1] for t in qkv], [t[2] for t in qkv]
+        if cache is not None and "k" in cache:
+            ks, vs = [cache["k"], *ks], [cache["v"], *vs]
+        k, v = torch.cat(ks, dim=2), torch.cat(vs, dim=2)  # contiguous in both paths
+        if cache is not None:
             cache["k"], cache["v"] = k, v
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            # Teacher forcing: block-causal attention computed scale by scale, each block with
-            # exactly the shapes (and so the kernel and summation order) of the cached step that
-            # sampled it; a single masked call differs from sampling by ~1e-4 in log-prob.
-            out = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b])
-                             for a, b in zip(offsets, offsets[1:])], dim=2)
-        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+        end = k.shape[2] - sum(x.shape[1] for x in xs)
+        out = []
+        for x, t in zip(xs, qkv):
+            end += x.shape[1]
+            o = F.scaled_dot_product_attention(t[0], k[:, :, :end], v[:, :, :end])
+            out.append(self.proj(o.transpose(1, 2).reshape(B, x.shape[1], D)))
+        return out
 
 
 class CrossAttention(nn.Module):
@@ -92,11 +94,12 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x, cond_BD, text_kv, text_mask, offsets, cache):
+    def forward(self, xs: list[torch.Tensor], cond_BD, text_kv, text_mask, cache) -> list[torch.Tensor]:
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(cond_BD)).unsqueeze(1).chunk(6, dim=-1)
-        x = x + (1 + g1) * self.attn(self.ln1(x) * (1 + sc1) + sh1, offsets, cache)
-        x = x + self.xattn(self.ln_x(x), text_kv, text_mask)
-        return x + (1 + g2) * self.mlp(self.ln2(x) * (1 + sc2) + sh2)
+        att = self.attn([self.ln1(x) * (1 + sc1) + sh1 for x in xs], cache)
+        xs = [x + (1 + g1) * a for x, a in zip(xs, att)]
+        xs = [x + self.xattn(self.ln_x(x), text_kv, text_mask) for x in xs]
+        return [x + (1 + g2) * self.mlp(self.ln2(x) * (1 + sc2) + sh2) for x in xs]
 
 
 class NanoVAR(nn.Module):
@@ -125,40 +128,41 @@ class NanoVAR(nn.Module):
         return {"cond": self.cond(pooled_BD), "pooled": pooled_BD, "mask": mask_BS,
                 "kv": [blk.xattn.context(feats_BSD) for blk in self.blocks]}
 
-    def _embed(self, ctx: dict, start: int, end: int, x_BlC: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings for flat positions start..end; position 0 is the text-derived start token."""
-        parts = []
-        if start == 0:
-            parts.append(self.start(ctx["pooled"]).unsqueeze(1))
-        if x_BlC is not None:
-            parts.append(self.word_embed(x_BlC))
-        h = torch.cat(parts, dim=1)
-        return h + self.pos[:, start:end] + self.lvl(self.lvl_idx[start:end])
+    def _embed(self, ctx: dict, k: int, x_BlC: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings of step k (0-based); step 0 is the text-derived start token."""
+        a, b = self.schedule.offsets[k], self.schedule.offsets[k + 1]
+        h = self.start(ctx["pooled"]).unsqueeze(1) if k == 0 else self.word_embed(x_BlC)
+        return h + self.pos[:, a:b] + self.lvl(self.lvl_idx[a:b])
 
-    def _blocks(self, h, ctx, offsets, caches) -> torch.Tensor:
+    def _blocks(self, hs: list[torch.Tensor], ctx, caches) -> list[torch.Tensor]:
         for i, blk in enumerate(self.blocks):
-            h = blk(h, ctx["cond"], ctx["kv"][i], ctx["mask"], offsets, None if caches is None else caches[i])
+            hs = blk(hs, ctx["cond"], ctx["kv"][i], ctx["mask"], None if caches is None else caches[i])
         sh, sc = self.head_ada(F.silu(ctx["cond"])).unsqueeze(1).chunk(2, dim=-1)
-        return self.head(self.head_ln(h) * (1 + sc) + sh)
+        return [self.head(self.head_ln(h) * (1 + sc) + sh) for h in hs]
 
     def forward(self, ctx: dict, inputs_BlC: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: inputs for scales 2..m (from the tokenizer; [B, 0, C] for m = 1) ->
-        logits [B, L, V] for scales 1..m, L = offsets[m]."""
+        logits [B, L, V] for scales 1..m, L = offsets[m].
+
+        One pass through the layers, but every layer is applied scale by scale: each matmul then
+        has exactly the rows (and so the kernel and summation order) of the cached step that
+        sampled that scale. One [B*L, D] matmul per layer rounds differently from the [B*n_t, D]
+        ones of sampling, which put re-scored log-probs ~1e-4 away from the sampled ones."""
         L = 1 + inputs_BlC.shape[1]
-        offsets = tuple(o for o in self.schedule.offsets if o <= L)
-        if offsets[-1] != L:
-            raise ValueError(f"{L} tokens do not end at a scale boundary ({self.schedule.offsets})")
-        h = self._embed(ctx, 0, L, inputs_BlC if L > 1 else None)
-        return self._blocks(h, ctx, offsets, None)
+        off = self.schedule.offsets
+        if L not in off:
+            raise ValueError(f"{L} tokens do not end at a scale boundary ({off})")
+        m = off.index(L)
+        hs = [self._embed(ctx, k, None if k == 0 else inputs_BlC[:, off[k] - 1: off[k + 1] - 1].contiguous())
+              for k in range(m)]
+        return torch.cat(self._blocks(hs, ctx, None), dim=1)
 
     def new_cache(self) -> list[dict]:
         return [{} for _ in self.blocks]
 
     def step(self, ctx: dict, k: int, x_BlC: torch.Tensor | None, caches: list[dict]) -> torch.Tensor:
         """Sampling: logits [B, h_k*w_k, V] for step k (0-based); appends this scale to the caches."""
-        off = self.schedule.offsets
-        h = self._embed(ctx, off[k], off[k + 1], x_BlC)
-        return self._blocks(h, ctx, None, caches)
+        return self._blocks([self._embed(ctx, k, x_BlC)], ctx, caches)[0]
 
 
 def fork_context(ctx: dict, repeats: int) -> dict:
@@ -166,6 +170,25 @@ def fork_context(ctx: dict, repeats: int) -> dict:
     rep = lambda t: t.repeat_interleave(repeats, dim=0)  # noqa: E731
     return {"cond": rep(ctx["cond"]), "pooled": rep(ctx["pooled"]), "mask": rep(ctx["mask"]),
             "kv": [(rep(k), rep(v)) for k, v in ctx["kv"]]}
+
+
+def gather_contexts(ctxs: list[dict], rows: list[int]) -> dict:
+    """One batch context from single-prompt contexts: row r is ctxs[rows[r]], with the text keys
+    padded (and masked out) to the longest prompt."""
+    S = max(c["mask"].shape[1] for c in ctxs)
+
+    def pad_keys(t: torch.Tensor) -> torch.Tensor:  # [1, H, S_i, d] -> [1, H, S, d]
+        return F.pad(t, (0, 0, 0, S - t.shape[2]))
+
+    def stack(ts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(ts).index_select(0, index)
+
+    index = torch.tensor(rows, device=ctxs[0]["cond"].device)
+    masks = [torch.cat([c["mask"], c["mask"].new_zeros(1, S - c["mask"].shape[1])], 1) for c in ctxs]
+    return {"cond": stack([c["cond"] for c in ctxs]), "pooled": stack([c["pooled"] for c in ctxs]),
+            "mask": stack(masks),
+            "kv": [(stack([pad_keys(c["kv"][i][0]) for c in ctxs]), stack([pad_keys(c["kv"][i][1]) for c in ctxs]))
+                   for i in range(len(ctxs[0]["kv"]))]}
 
 
 def fork_caches(caches: list[dict], repeats: int) -> list[dict]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from varrl.models.nano import NanoVAR, fork_caches, fork_context
+from varrl.models.nano import NanoVAR, fork_caches, fork_context, gather_contexts
 from varrl.models.text import batch_prompts
 from varrl.models.tokenizer import VQTokenizer
 from varrl.policy.sampler import SamplerConfig, draw, sampling_logits, token_logprobs
@@ -15,13 +15,13 @@ from varrl.policy.trajectory import Trajectory
 
 @dataclass
 class _SamplerState:
-    """Where sampling stopped: text context, KV caches and the image so far (rows as in the trajectory)."""
+    """Where sampling stopped: per branch (conditional, then unconditional with CFG) the prompt
+    context and KV caches, and the image so far (rows as in the trajectory)."""
 
-    ctx: dict
-    caches: list[dict]
+    ctxs: list[dict]
+    caches: list[list[dict]]
     f_hat: torch.Tensor | None
     x_next: torch.Tensor | None
-    cfg_rows: bool
 
 
 class NanoPolicy:
@@ -42,17 +42,24 @@ class NanoPolicy:
     def _fork_context(self, ctx: dict, n: int) -> dict:
         return fork_context(ctx, n)
 
-    def _context(self, prompts: list[str], with_uncond: bool) -> dict:
-        """Prompt context for the rows; with CFG, the unconditional rows follow the conditional ones."""
-        max_len = self.model.cfg.max_text_len
-        ids, mask = batch_prompts(prompts, max_len)
-        if with_uncond:
-            u_ids, u_mask = batch_prompts([""] * len(prompts), max_len, allow_empty=True)
-            S = ids.shape[1]
-            pad = torch.zeros(len(prompts), S - u_ids.shape[1], dtype=torch.long)
-            ids = torch.cat([ids, torch.cat([u_ids, pad], 1)])
-            mask = torch.cat([mask, torch.cat([u_mask, pad.bool()], 1)])
-        return self.model.encode_text(ids.to(self.device), mask.to(self.device))
+    def _context(self, prompts: list[str], uncond: bool) -> dict:
+        """Context of the rows' prompts, or with `uncond` of the unconditional prompt for each row.
+        Each distinct prompt is encoded on its own: a row's context then does not depend on which
+        other prompts share its batch (batched text matmuls round by batch shape, and sampling
+        and re-scoring batch the prompts differently)."""
+        texts = [""] * len(prompts) if uncond else list(prompts)
+        slot = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+        ctxs = []
+        for t in slot:
+            ids, mask = batch_prompts([t], self.model.cfg.max_text_len, allow_empty=uncond)
+            ctxs.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)))
+        return gather_contexts(ctxs, [slot[t] for t in texts])
+
+    def _branches(self, prompts: list, with_uncond: bool) -> list[dict]:
+        """Contexts of the conditional branch and, with CFG, the unconditional one. Each branch
+        runs as its own batch, in sampling and in re-scoring alike: every matmul then sees the
+        same rows in both, which is what makes re-scored log-probs equal the sampled ones."""
+        return [self._context(prompts, uncond) for uncond in ((False, True) if with_uncond else (False,))]
 
     @torch.no_grad()
     def rollout(self, prompts: list[str] | None, n: int, sampler: SamplerConfig,
@@ -76,71 +83,67 @@ class NanoPolicy:
             base_prompts, m, group = start.prompts, start.num_steps, start.group
         if not m < steps <= T:
             raise ValueError(f"steps must be in {m + 1}..{T}, got {steps}")
-        cfg_rows = sampler.uses_uncond
+        n_branches = 2 if sampler.uses_uncond else 1
         saved = start.state if start is not None else None
-        if isinstance(saved, _SamplerState) and saved.cfg_rows == cfg_rows:
+        if isinstance(saved, _SamplerState) and len(saved.ctxs) == n_branches:
             # The prefix's own sampling state: fork it, nothing of the prefix is recomputed.
-            ctx, caches, f_hat, x_next = saved.ctx, saved.caches, saved.f_hat, saved.x_next
+            ctxs, caches, f_hat, x_next = saved.ctxs, saved.caches, saved.f_hat, saved.x_next
             fork = True  # always copy: the continuation appends to its caches
         else:
-            ctx = self._context(base_prompts, cfg_rows)
-            caches = self.model.new_cache()
+            ctxs = self._branches(base_prompts, n_branches == 2)
+            caches = [self.model.new_cache() for _ in ctxs]
             f_hat, x_next = None, None
             # Prefill the prefix scale by scale, with the same calls that sampled it: the cache, and
             # so the continuation, is then exactly what an uninterrupted rollout would have had.
             for k in range(m):
-                self.model.step(ctx, k, x_next, caches)
-                f_hat, x_next = self._advance(f_hat, k, start.idx[k].to(self.device), cfg_rows)
+                for ctx, cache in zip(ctxs, caches):
+                    self.model.step(ctx, k, x_next, cache)
+                f_hat, x_next = self._advance(f_hat, k, start.idx[k].to(self.device))
             fork = n > 1
         B0 = len(base_prompts)
         if fork:
-            # repeat_interleave keeps the [cond rows; uncond rows] layout: each half is prompt-major.
-            ctx, caches = self._fork_context(ctx, n), fork_caches(caches, n)
+            ctxs = [self._fork_context(ctx, n) for ctx in ctxs]
+            caches = [fork_caches(cache, n) for cache in caches]
             if f_hat is not None:
                 f_hat, x_next = f_hat.repeat_interleave(n, 0), x_next.repeat_interleave(n, 0)
         rows = [p for p in base_prompts for _ in range(n)]
         idx_out = [i.repeat_interleave(n, 0) for i in start.idx] if start is not None else []
         lp_out = [lp.repeat_interleave(n, 0) for lp in start.logprobs] if start is not None else []
-        B = B0 * n
         for k in range(m, steps):
-            logits = self.model.step(ctx, k, x_next, caches).float()
-            cond, uncond = (logits[:B], logits[B:]) if cfg_rows else (logits, None)
+            cond, *rest = [self.model.step(ctx, k, x_next, cache).float() for ctx, cache in zip(ctxs, caches)]
+            uncond = rest[0] if rest else None
             g = sampler.guidance(k, T)
             idx = draw(sampling_logits(cond, uncond, g, sampler), generator)
             lp_out.append(token_logprobs(cond, uncond, g, sampler, idx))
             idx_out.append(idx)
             if k + 1 < T:
-                f_hat, x_next = self._advance(f_hat, k, idx, cfg_rows)
+                f_hat, x_next = self._advance(f_hat, k, idx)
         parent = torch.arange(B0).repeat_interleave(n) if start is not None else None
-        state = _SamplerState(ctx, caches, f_hat, x_next, cfg_rows) if steps < T else None
+        state = _SamplerState(ctxs, caches, f_hat, x_next) if steps < T else None
         return Trajectory(rows, [i.cpu() for i in idx_out], [lp.cpu() for lp in lp_out], sampler,
                           self.schedule, group.repeat_interleave(n), parent, state)
 
-    def _advance(self, f_hat, k: int, idx_Bl: torch.Tensor, cfg_rows: bool):
-        f_hat, x_next = self.tokenizer.quantizer.add_scale(f_hat, k, idx_Bl)
-        if x_next is not None and cfg_rows:
-            x_next = torch.cat([x_next, x_next])  # the unconditional rows see the same image so far
-        return f_hat, x_next
+    def _advance(self, f_hat, k: int, idx_Bl: torch.Tensor):
+        """Add step k's grid to the image so far; both branches see the same image."""
+        return self.tokenizer.quantizer.add_scale(f_hat, k, idx_Bl)
 
     def logprobs(self, traj: Trajectory, steps: list[int] | None = None) -> list[torch.Tensor]:
-        """Re-score the stored tokens under the current weights in one teacher-forced pass (the
-        batch holds the unconditional rows too when the mode needs them). Differentiable.
+        """Re-score the stored tokens under the current weights in one teacher-forced pass (two,
+        conditional and unconditional, when the mode needs the unconditional branch). Differentiable.
         `steps`: 0-based steps to return (default all of the trajectory's)."""
         s = traj.sampler
-        need_u = s.rescore_needs_uncond
         idx = [i.to(self.device) for i in traj.idx]
-        ctx = self._context(traj.prompts, need_u)
         with torch.no_grad():
             inputs = self._teacher_inputs(idx)
-        if need_u:
-            inputs = torch.cat([inputs, inputs])
-        logits = self.model(ctx, inputs).float()
-        B, off, T = traj.batch_size, self.schedule.offsets, self.schedule.num_steps
+        cond, *rest = [self.model(ctx, inputs).float() for ctx in self._branches(traj.prompts, s.rescore_needs_uncond)]
+        uncond = rest[0] if rest else None
+        off, T = self.schedule.offsets, self.schedule.num_steps
         out = []
+        # Each step's logits as a contiguous [B, n_t, V] tensor, as sampling had them: softmax over
+        # a strided slice takes another multithreaded kernel that rounds differently (~1e-4).
+        step = lambda lg, k: None if lg is None else lg[:, off[k]: off[k + 1]].contiguous()  # noqa: E731
         for k in range(traj.num_steps) if steps is None else steps:
-            lg = logits[:, off[k]: off[k + 1]]
-            cond, uncond = (lg[:B], lg[B:]) if need_u else (lg, None)
-            out.append(token_logprobs(cond, uncond, s.guidance(k, T), s, idx[k]))
+            out.append(token_logprobs(step(cond, k), step(uncond, k), s.guidance(k, T), s, idx[k]))
         return out
 
     def _teacher_inputs(self, idx: list[torch.Tensor]) -> torch.Tensor:

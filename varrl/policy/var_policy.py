@@ -57,11 +57,11 @@ class VarPolicy(NanoPolicy):
             prompts = [str(int(x)) for x in self.labels(list(prompts)).tolist()]
         return super().rollout(prompts, n, sampler, generator, start, steps)
 
-    def _context(self, prompts: list[int | str], with_uncond: bool) -> dict:
-        """Class contexts of the rows; with CFG the unconditional rows (class 1000) follow them."""
+    def _context(self, prompts: list[int | str], uncond: bool) -> dict:
+        """Class context of the rows, or with `uncond` the unconditional class (1000) for each row."""
         labels = self.labels(prompts)
-        if with_uncond:
-            labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])
+        if uncond:
+            labels = torch.full_like(labels, self.num_classes)
         return self.model.encode_labels(labels.to(self.device))
 
     def _fork_context(self, ctx: dict, n: int) -> dict:
