@@ -16,6 +16,7 @@ import varrl
 from varrl.config import from_dict
 from varrl.data.synth import SynthConfig
 from varrl.eval.heldout import heldout_prompts, measure_word_accuracy
+from varrl.eval.textmetrics import WordStats, word_stats
 from varrl.ocr import OcrPool
 from varrl.policy.load import shipped_model_dir
 from varrl.viz import image_grid
@@ -43,6 +44,11 @@ def main() -> None:
         res = measure_word_accuracy(policy, prompts, words, sampler, args.seed, ocr)
     print(f"held-out prompts: {len(prompts)} ({sum(map(len, words))} words), {sampler}")
     print(f"word accuracy {res.word_acc:.3f}   NED {res.ned:.3f}   ({time.perf_counter() - t0:.0f} s)")
+    by_regions: dict[int, WordStats] = {}
+    for w, r in zip(words, res.reads):
+        by_regions[len(w)] = by_regions.get(len(w), WordStats()) + word_stats(w, r)
+    for n, st in sorted(by_regions.items()):
+        print(f"  {n}-word prompts: {st.n // n:3d} prompts, word accuracy {st.word_acc:.3f}   NED {st.ned:.3f}")
     if args.grid:
         caps = [f"{p} | read: {' '.join(r)}" for p, r in zip(res.prompts, res.reads)]
         image_grid(res.images, caps, cols=8, caption_lines=4).save(args.grid)

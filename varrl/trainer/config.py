@@ -12,11 +12,12 @@ from varrl.rewards import RewardConfig
 
 
 def nano_text_data() -> SynthConfig:
-    """The distribution the shipped nano model was pretrained on last (configs/pretrain_nano_cells.yaml):
-    one upper-case word of 3-6 letters, one character per 16 px cell from the left, monospace bold at
-    20 px capitals, plain background, one prompt template."""
+    """The distribution the shipped nano model was pretrained on last (configs/pretrain_nano_cells3.yaml):
+    one or two upper-case words of 3-6 letters (half each), word i of n on row i of n, one character
+    per 16 px cell from the left, monospace bold at 20 px capitals, plain background, one prompt
+    template."""
     return SynthConfig(case="upper", word_len=(3, 6), fonts=("DejaVuSansMono-Bold",), background="plain",
-                       region_mix={"1": 1.0}, cap_px=(20, 20), layout="cells", cell_px=16,
+                       region_mix={"1": 0.5, "2": 0.5}, cap_px=(20, 20), layout="cells", cell_px=16,
                        templates=("the text {words} in {fg} on a {bg} background",))
 
 
