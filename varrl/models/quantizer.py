@@ -31,7 +31,42 @@ class Phi(nn.Module):
         return h_BChw * (1 - self.ratio) + self.conv(h_BChw) * self.ratio
 
 
-class MultiScaleQuantizer(nn.Module):
+class ResidualDecoding:
+    """Decoding shared by every multi-scale residual quantiser (ours and the published VAR one):
+    a subclass provides `sides`, `num_scales` and `code_map(k, idx)`, grid k's contribution to
+    f_hat at the finest size."""
+
+    sides: tuple[int, ...]
+    num_scales: int
+
+    def idx_to_fhat(self, idx_list: list[torch.Tensor]) -> torch.Tensor:
+        """Sum of the code maps of grids 1..m at the finest size (a prefix gives a coarse preview)."""
+        f_hat = None
+        for k, idx_Bl in enumerate(idx_list):
+            h = self.code_map(k, idx_Bl)
+            f_hat = h if f_hat is None else f_hat + h
+        return f_hat
+
+    def add_scale(self, f_hat: torch.Tensor | None, k: int, idx_Bl: torch.Tensor):
+        """One step of decoding: returns (new f_hat, transformer input for scale k+1 [B, s*s, C] or None)."""
+        h = self.code_map(k, idx_Bl)
+        f_hat = h if f_hat is None else f_hat + h
+        if k + 1 >= self.num_scales:
+            return f_hat, None
+        s = self.sides[k + 1]
+        nxt = F.interpolate(f_hat, size=(s, s), mode="area") if s != self.sides[-1] else f_hat
+        return f_hat, nxt.flatten(2).transpose(1, 2)
+
+    def teacher_inputs(self, idx_list: list[torch.Tensor]) -> torch.Tensor:
+        """Inputs for scales 2..K given all K index grids: [B, L - 1, C] (scale 1 is the start token)."""
+        f_hat, chunks = None, []
+        for k, idx_Bl in enumerate(idx_list[:-1]):
+            f_hat, nxt = self.add_scale(f_hat, k, idx_Bl)
+            chunks.append(nxt)
+        return torch.cat(chunks, dim=1)
+
+
+class MultiScaleQuantizer(ResidualDecoding, nn.Module):
     def __init__(self, vocab_size: int, dim: int, sides: tuple[int, ...], n_phi: int = 4,
                  phi_ratio: float = 0.5, beta: float = 0.25, ema_decay: float = 0.99):
         super().__init__()
@@ -121,31 +156,6 @@ class MultiScaleQuantizer(nn.Module):
             f_rest -= self.code_map(k, idx_Bl)
             idx_list.append(idx_Bl)
         return idx_list
-
-    def idx_to_fhat(self, idx_list: list[torch.Tensor]) -> torch.Tensor:
-        f_hat = None
-        for k, idx_Bl in enumerate(idx_list):
-            h = self.code_map(k, idx_Bl)
-            f_hat = h if f_hat is None else f_hat + h
-        return f_hat
-
-    def add_scale(self, f_hat: torch.Tensor | None, k: int, idx_Bl: torch.Tensor):
-        """One step of decoding: returns (new f_hat, transformer input for scale k+1 or None)."""
-        h = self.code_map(k, idx_Bl)
-        f_hat = h if f_hat is None else f_hat + h
-        if k + 1 >= self.num_scales:
-            return f_hat, None
-        s = self.sides[k + 1]
-        nxt = F.interpolate(f_hat, size=(s, s), mode="area") if s != self.sides[-1] else f_hat
-        return f_hat, nxt.flatten(2).transpose(1, 2)  # [B, s*s, C]
-
-    def teacher_inputs(self, idx_list: list[torch.Tensor]) -> torch.Tensor:
-        """Inputs for scales 2..K given all K index grids: [B, L - 1, C] (scale 1 is the start token)."""
-        f_hat, chunks = None, []
-        for k, idx_Bl in enumerate(idx_list[:-1]):
-            f_hat, nxt = self.add_scale(f_hat, k, idx_Bl)
-            chunks.append(nxt)
-        return torch.cat(chunks, dim=1)
 
     @torch.no_grad()
     def restart_dead_codes_(self, threshold: float, generator=None) -> int:

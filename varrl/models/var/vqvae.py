@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from varrl.models.quantizer import ResidualDecoding
 from varrl.models.var.transformer import PATCH_NUMS_256
 
 
@@ -91,7 +92,7 @@ class PhiSet(nn.Module):
         return self.qresi_ls[k] if self.sharing == "partial" else getattr(self, str(k))
 
 
-class Quantizer(nn.Module):
+class Quantizer(ResidualDecoding, nn.Module):
     def __init__(self, cfg: VaeConfig):
         super().__init__()
         self.cfg, self.dim = cfg, cfg.code_dim
@@ -108,31 +109,6 @@ class Quantizer(nn.Module):
         if k < self.num_scales - 1:
             h = F.interpolate(h, size=(H, H), mode="bicubic")
         return self.quant_resi.at(k, self.num_scales)(h)
-
-    def add_scale(self, f_hat: torch.Tensor | None, k: int, idx_Bl: torch.Tensor):
-        """One decoding step: (new f_hat, transformer input of grid k+1 [B, p^2, Cvae] or None)."""
-        h = self.code_map(k, idx_Bl)
-        f_hat = h if f_hat is None else f_hat + h
-        if k + 1 >= self.num_scales:
-            return f_hat, None
-        s = self.sides[k + 1]
-        return f_hat, F.interpolate(f_hat, size=(s, s), mode="area").flatten(2).transpose(1, 2)
-
-    def idx_to_fhat(self, idx_list: list[torch.Tensor]) -> torch.Tensor:
-        """Sum of the code maps of grids 1..m at the finest size (a prefix gives a coarse preview)."""
-        f_hat = None
-        for k, idx_Bl in enumerate(idx_list):
-            h = self.code_map(k, idx_Bl)
-            f_hat = h if f_hat is None else f_hat + h
-        return f_hat
-
-    def teacher_inputs(self, idx_list: list[torch.Tensor]) -> torch.Tensor:
-        """Transformer inputs of grids 2..m from the m index grids: [B, offsets[m] - 1 grid, Cvae]."""
-        f_hat, parts = None, []
-        for k, idx_Bl in enumerate(idx_list[:-1]):
-            f_hat, nxt = self.add_scale(f_hat, k, idx_Bl)
-            parts.append(nxt)
-        return torch.cat(parts, dim=1)
 
     def encode(self, f_BChw: torch.Tensor) -> list[torch.Tensor]:
         """Residual quantisation of a latent: the index grid of every scale (nearest code, L2)."""
