@@ -112,3 +112,35 @@ def test_ablate_runs_every_cell_and_skips_finished_ones(tiny_dir, tmp_path):
     stamp = (root / "alpha=0.5" / "seed0" / "report.json").stat().st_mtime_ns
     assert main(args) == 0  # everything finished: nothing reruns
     assert (root / "alpha=0.5" / "seed0" / "report.json").stat().st_mtime_ns == stamp
+
+
+def test_named_cells_parse_and_reject_bad_specs():
+    from varrl.config import ConfigError
+    from varrl.recipes.ablate import parse_cells
+
+    cells = parse_cells(["no_vmr: rl.vmr.enabled=false", "both: rl.mp.enabled=false 'run.name=a b'"])
+    assert [(c.name, c.overrides) for c in cells] == [("no_vmr", ["rl.vmr.enabled=false"]),
+                                                     ("both", ["rl.mp.enabled=false", "run.name=a b"])]
+    for bad in ("rl.vmr.enabled=false", "no vmr: rl.vmr.enabled=false", "x: rl.vmr.enabled"):
+        with pytest.raises(ConfigError, match="--cell"):
+            parse_cells([bad])
+
+
+def test_ablate_named_cells_and_a_partial_report(tiny_dir, tmp_path, capsys):
+    common = ["--seeds", "2", "--steps", "1", "--name", "abl", f"policy.path={tiny_dir}", f"run.dir={tmp_path}",
+              "reward.weights={brightness: 1.0}", "train.prompts_per_step=2", "train.group_size=3",
+              "train.eval_prompts=2", "rl.vmr.m=2"]
+    cells = ["--cell", "grpo: rl.method=grpo", "--cell", "no_mp: rl.mp.enabled=false"]
+    assert main(["ablate", *cells, "--report-only", *common]) == 0  # nothing has run: an empty table
+    root = tmp_path / "abl"
+    assert [c["seeds"] for c in json.loads((root / "ablation.json").read_text())["cells"]] == [0, 0]
+    assert main(["ablate", "--cell", "grpo: rl.method=grpo", *common]) == 0  # one cell only
+    assert main(["ablate", *cells, "--report-only", *common]) == 0
+    out = json.loads((root / "ablation.json").read_text())
+    assert [(c["name"], c["seeds"]) for c in out["cells"]] == [("grpo", 2), ("no_mp", 0)]
+    assert not (root / "no_mp").exists()  # --report-only never starts a run
+    table = (root / "ablation.md").read_text()
+    assert "| grpo | rl.method=grpo | 2/2 |" in table and "| no_mp | rl.mp.enabled=false | 0/2 |" in table
+    assert "method: grpo" in (root / "grpo" / "seed1" / "config.yaml").read_text()
+    assert main(["ablate", "--cell", "a: rl.mp.enabled=false", "--cell", "a: rl.mp.enabled=true", *common]) == 2
+    assert "share the name 'a'" in capsys.readouterr().err

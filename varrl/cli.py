@@ -35,7 +35,8 @@ def _ablate(args: argparse.Namespace) -> None:
 
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
-    root = run_ablation(args.config, args.grid, args.seeds, args.steps, args.name, args.overrides)
+    root = run_ablation(args.config, args.grid, args.seeds, args.steps, args.name, args.overrides, args.cell,
+                        args.report_only)
     print(f"ablation finished: {root / 'ablation.md'}")
 
 
@@ -128,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--config", default=None, help="base YAML config (default: built-in defaults)")
     ab.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="an axis of the grid, e.g. rl.panw.alpha=0.6,0.8,1.0 (repeat for more axes)")
+    ab.add_argument("--cell", action="append", default=[], metavar="'NAME: KEY=VALUE ...'",
+                    help="a named cell and its overrides, e.g. --cell 'no_vmr: rl.vmr.enabled=false' (repeat; "
+                         "for cells that are not a product of axes, such as a method minus each component)")
+    ab.add_argument("--report-only", action="store_true",
+                    help="only write ablation.md/json/png from the runs finished so far")
     ab.add_argument("--seeds", type=int, default=3)
     ab.add_argument("--steps", type=int, default=None, help="train.steps for every run")
     ab.add_argument("--name", default=None, help="directory under run.dir (default: ablate_<config name>)")

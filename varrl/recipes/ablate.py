@@ -1,14 +1,17 @@
 """`varrl ablate`: every cell of a grid of config values x seeds, each a normal run directory, then a
 paper-style table (mean +- std over seeds of the final held-out reward, word accuracy and NED).
 
-Resumable: finished runs (report.json present) are skipped, interrupted ones resume from their
-last checkpoint."""
+Cells come from `--grid` axes (their cartesian product) and from named `--cell`s (a paper-style
+"method minus one component" list is not a product). Resumable: finished runs (report.json
+present) are skipped, interrupted ones resume from their last checkpoint; `--report-only` tabulates
+the runs finished so far, so an ablation that spans sessions can be read part-way."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,21 +42,48 @@ def parse_grid(specs: list[str]) -> list[Cell]:
     cells = []
     for combo in itertools.product(*axes):
         name = "_".join(f"{k.split('.')[-1]}={v}" for k, v in combo) or "base"
-        cells.append(Cell(re.sub(r"[^A-Za-z0-9_.=+-]", "-", name), [f"{k}={v}" for k, v in combo]))
+        cells.append(Cell(_safe(name), [f"{k}={v}" for k, v in combo]))
+    return cells
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "-", name)
+
+
+def parse_cells(specs: list[str]) -> list[Cell]:
+    """["no_vmr: rl.vmr.enabled=false", "grpo: rl.method=grpo"] -> named cells (NAME: KEY=VALUE ...,
+    the overrides split like a shell command line, so a quoted value may hold spaces)."""
+    cells = []
+    for spec in specs:
+        name, sep, rest = spec.partition(":")
+        name = name.strip()
+        if not sep or not name or _safe(name) != name:
+            raise ConfigError(f"--cell {spec!r}: expected 'NAME: KEY=VALUE ...' with a name of letters, digits "
+                              f"and '_.=+-', e.g. --cell 'no_vmr: rl.vmr.enabled=false'")
+        overrides = shlex.split(rest)
+        bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
+        if bad:
+            raise ConfigError(f"--cell {name}: {bad[0]!r} is not KEY=VALUE")
+        cells.append(Cell(name, overrides))
     return cells
 
 
 def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | None, name: str | None,
-                 overrides: list[str]) -> Path:
+                 overrides: list[str], cell_specs: list[str] | None = None,
+                 report_only: bool = False) -> Path:
     from varrl.recipes.train import run_train
 
-    cells = parse_grid(grid)
+    cells = (parse_grid(grid) if grid or not cell_specs else []) + parse_cells(cell_specs or [])
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two cells share the name {next(n for n in names if names.count(n) > 1)!r}; "
+                          "give every --cell its own name")
     base = load_config(TrainRunConfig, config, overrides, apply_method_preset)
     root = Path(base.run.dir) / (name or f"ablate_{Path(config).stem if config else 'default'}")
     extra = [f"train.steps={steps}"] if steps else []
     for cell in cells:  # validate every cell before the first long run starts
         load_config(TrainRunConfig, config, [*overrides, *cell.overrides, *extra], apply_method_preset)
-    for cell in cells:
+    for cell in [] if report_only else cells:
         for seed in range(seeds):
             run_dir = root / cell.name / f"seed{seed}"
             if (run_dir / "report.json").exists():
@@ -71,8 +101,10 @@ def summarize(root: Path, cells: list[Cell], seeds: int) -> dict:
     """ablation.json, ablation.md and ablation.png from the cells' report.json files."""
     out = {"cells": []}
     for cell in cells:
-        evals = [json.loads((root / cell.name / f"seed{s}" / "report.json").read_text())["eval"] for s in range(seeds)]
-        out["cells"].append({"name": cell.name, "overrides": cell.overrides, "seeds": seeds,
+        reports = [root / cell.name / f"seed{s}" / "report.json" for s in range(seeds)]
+        done = [s for s, r in enumerate(reports) if r.exists()]  # part-way: the finished runs only
+        evals = [json.loads(reports[s].read_text())["eval"] for s in done]
+        out["cells"].append({"name": cell.name, "overrides": cell.overrides, "seeds": len(evals), "seed_ids": done,
                              "start": _stats([e[0] for e in evals if e]), "final": _stats([e[-1] for e in evals if e]),
                              "final_step": [e[-1]["step"] for e in evals if e], "curves": evals})
     atomic_write_text(root / "ablation.json", json.dumps(out, indent=1))
@@ -80,17 +112,18 @@ def summarize(root: Path, cells: list[Cell], seeds: int) -> dict:
     def pm(d):
         return "n/a" if d["mean"] is None else f"{d['mean']:.3f} +- {d['std']:.3f}"
 
-    lines = [f"# Ablation `{root.name}`", "", f"Held-out evaluation, mean +- std over {seeds} seeds: at step 0 "
-             "(the starting model) and at the last step.", "",
-             "| cell | reward (start) | reward (final) | word acc (start) | word acc (final) | NED (final) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [f"# Ablation `{root.name}`", "", f"Held-out evaluation, mean +- std over the finished seeds (of {seeds}): "
+             "at step 0 (the starting model) and at the last step.", "",
+             "| cell | overrides | seeds | reward (start) | reward (final) | word acc (start) | word acc (final) "
+             "| NED (final) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for c in out["cells"]:
         a, f = c["start"], c["final"]
-        lines.append(f"| {' '.join(c['overrides']) or 'base'} | {pm(a['reward_mean'])} | {pm(f['reward_mean'])} | "
+        lines.append(f"| {c['name']} | {' '.join(c['overrides']) or 'base'} | {c['seeds']}/{seeds} | "
+                     f"{pm(a['reward_mean'])} | {pm(f['reward_mean'])} | "
                      f"{pm(a['word_acc'])} | {pm(f['word_acc'])} | {pm(f['ned'])} |")
     lines += ["", "Per run (start -> final):", ""]
     for c in out["cells"]:
-        for s_, run in enumerate(c["curves"]):
+        for s_, run in zip(c["seed_ids"], c["curves"]):
             if run:
                 lines.append(f"- {c['name']} seed {s_}: reward {run[0]['reward_mean']:.3f} -> "
                              f"{run[-1]['reward_mean']:.3f}, word acc {_f(run[0]['word_acc'])} -> "
