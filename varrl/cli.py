@@ -37,7 +37,7 @@ def _ablate(args: argparse.Namespace) -> None:
         raise UsageError("--seeds must be at least 1")
     root = run_ablation(args.config, args.grid, args.seeds, args.steps, args.name, args.overrides, args.cell,
                         args.report_only)
-    print(f"ablation finished: {root / 'ablation.md'}")
+    print(f"{'ablation report' if args.report_only else 'ablation finished'}: {root / 'ablation.md'}")
 
 
 def _sample(args: argparse.Namespace) -> None:

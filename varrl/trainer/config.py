@@ -21,6 +21,14 @@ def nano_text_data() -> SynthConfig:
                        templates=("the text {words} in {fg} on a {bg} background",))
 
 
+def nano_sampler() -> SamplerConfig:
+    """Rollout sampling for the shipped nano model: no classifier-free guidance. It reads better
+    without (benchmarks/ocr_nano.py, 64 held-out prompts: word accuracy 0.660 at cfg 0, 0.489 at
+    cfg 3), and then the update's `plain` log-probs are those of the distribution the rollouts were
+    drawn from (on-policy). Published VAR checkpoints want guidance: set sampler.cfg."""
+    return SamplerConfig(cfg=0.0)
+
+
 @dataclass
 class PolicyConfig:
     path: str | None = None
@@ -54,7 +62,8 @@ class TrainConfig:
     """rows per teacher-forced pass (gradients accumulate over micro-batches)"""
     eval_every: int = 20
     """held-out evaluation every n steps (and at step 0 and at the end); 0: only at the ends"""
-    eval_prompts: int = 32
+    eval_prompts: int = 64
+    """held-out prompts per evaluation (64 one- and two-word prompts hold about 94 words)"""
     eval_seed: int | None = 0
     """seed of the held-out prompts and sampling noise, shared by all runs so that evaluations are
     paired across seeds and cells (null: use run.seed)"""
@@ -155,7 +164,7 @@ class TrainRunConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rl: RlConfig = field(default_factory=RlConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    sampler: SamplerConfig = field(default_factory=nano_sampler)
     """rollout sampling (CFG, truncation) and the log-prob mode the update uses"""
     reward: RewardConfig = field(default_factory=RewardConfig)
     data: DataConfig = field(default_factory=DataConfig)
