@@ -140,7 +140,13 @@ def test_ablate_named_cells_and_a_partial_report(tiny_dir, tmp_path, capsys):
     assert [(c["name"], c["seeds"]) for c in out["cells"]] == [("grpo", 2), ("no_mp", 0)]
     assert not (root / "no_mp").exists()  # --report-only never starts a run
     table = (root / "ablation.md").read_text()
-    assert "| grpo | rl.method=grpo | 2/2 |" in table and "| no_mp | rl.mp.enabled=false | 0/2 |" in table
+    assert "| grpo | rl.method=grpo | 2/2 |" in table and "| no_mp | rl.mp.enabled=false | 0/2 | n/a |" in table
+    grpo_row = next(line for line in table.splitlines() if line.startswith("| grpo |"))
+    assert grpo_row.count("+-") == 2  # two seeds: start and final reward have a spread (no OCR: no word acc)
+    one = [a if a != "2" else "1" for a in common]  # --seeds 1: a spread of one run would be a false 0.000
+    assert main(["ablate", "--cell", "grpo: rl.method=grpo", "--report-only", *one]) == 0
+    grpo_row = next(line for line in (root / "ablation.md").read_text().splitlines() if line.startswith("| grpo |"))
+    assert "| 1/1 |" in grpo_row and "+-" not in grpo_row
     assert "method: grpo" in (root / "grpo" / "seed1" / "config.yaml").read_text()
     assert main(["ablate", "--cell", "a: rl.mp.enabled=false", "--cell", "a: rl.mp.enabled=true", *common]) == 2
     assert "share the name 'a'" in capsys.readouterr().err

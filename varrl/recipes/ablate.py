@@ -110,7 +110,9 @@ def summarize(root: Path, cells: list[Cell], seeds: int) -> dict:
     atomic_write_text(root / "ablation.json", json.dumps(out, indent=1))
 
     def pm(d):
-        return "n/a" if d["mean"] is None else f"{d['mean']:.3f} +- {d['std']:.3f}"
+        if d["mean"] is None:
+            return "n/a"
+        return f"{d['mean']:.3f}" if len(d["values"]) < 2 else f"{d['mean']:.3f} +- {d['std']:.3f}"  # no std of one
 
     lines = [f"# Ablation `{root.name}`", "", f"Held-out evaluation, mean +- std over the finished seeds (of {seeds}): "
              "at step 0 (the starting model) and at the last step.", "",
