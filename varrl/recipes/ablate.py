@@ -156,14 +156,19 @@ def _plot(root: Path, cells: list[dict]) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, c in enumerate(cells):
+        if not c["curves"]:
+            continue  # no finished seed yet: nothing to draw, no legend entry
+        # 10 colours x 3 line styles: a paper-sized ablation has more than 10 cells.
+        style = {"color": f"C{i % 10}", "linestyle": ("-", "--", ":")[i // 10 % 3], "marker": "o", "ms": 3}
         for ax, key in zip(axes, ("reward_mean", "word_acc")):
             steps = sorted({e["step"] for run in c["curves"] for e in run})
             mean = [np.mean([e[key] for run in c["curves"] for e in run if e["step"] == s and e[key] is not None]
                             or [np.nan]) for s in steps]
-            ax.plot(steps, mean, "o-", color=f"C{i % 10}", label=c["name"], ms=3)
+            ax.plot(steps, mean, label=c["name"], **style)
     axes[0].set(xlabel="step", title="held-out reward (mean over seeds)")
     axes[1].set(xlabel="step", title="held-out word accuracy (mean over seeds)")
-    axes[0].legend(fontsize=7)
+    if any(c["curves"] for c in cells):
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(root / "ablation.png", dpi=100)
     plt.close(fig)
