@@ -10,7 +10,7 @@ about how many batches must be averaged before the signal outweighs the noise. T
 DIFFERENT prompts share only what carries over between prompts, which is what held-out prompts
 can gain from.
 
-    python benchmarks/grad_snr.py [--pairs 2] [key=value ...]      # e.g. rl.method=grpo sampler.cfg=0
+    python benchmarks/grad_snr.py [--pairs 3] [key=value ...]      # e.g. rl.method=grpo
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=int, default=2, help="prompt sets per stage (each sampled twice)")
+    ap.add_argument("--pairs", type=int, default=3, help="prompt sets per stage (each sampled twice)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = load_config(TrainRunConfig, None, [*args.overrides, "rl.kl_beta=0", "train.eval_prompts=1"],
