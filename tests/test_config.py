@@ -76,6 +76,35 @@ def test_nested_build() -> None:
     assert cfg.eval == Eval(every=3)
 
 
+@dataclass
+class Outer:
+    """A section whose default comes from a factory that differs from the class defaults."""
+
+    train: Train = field(default_factory=lambda: Train(steps=7, weights={"a": 1.0, "b": 2.0}))
+    run: Run = field(default_factory=lambda: Run(name="factory"))
+
+
+def test_partial_section_keeps_factory_defaults() -> None:
+    cfg = from_dict(Outer, {"train": {"lr": 0.1}})
+    assert cfg.train.steps == 7  # the factory's value, not Train's 100
+    assert cfg.train.lr == 0.1
+    assert cfg.train.weights == {"a": 1.0, "b": 2.0}
+    assert cfg.run.name == "factory"
+    # A mapping-typed value replaces the default mapping; it is not merged into it.
+    assert from_dict(Outer, {"train": {"weights": {"c": 3}}}).train.weights == {"c": 3.0}
+    with pytest.raises(ConfigError, match="train.stepz"):
+        from_dict(Outer, {"train": {"stepz": 1}})
+
+
+def test_nano_sampler_override_keeps_no_guidance() -> None:
+    from varrl.trainer.config import TrainRunConfig, apply_method_preset
+
+    cfg = load_config(TrainRunConfig, None, ["sampler.top_k=2", "data.synth.region_mix={'2': 1.0}"],
+                      apply_method_preset)
+    assert cfg.sampler.cfg == 0.0 and cfg.sampler.top_k == 2
+    assert cfg.data.synth.layout == "cells" and cfg.data.synth.region_mix == {"2": 1.0}
+
+
 def test_unknown_key_suggests_closest() -> None:
     with pytest.raises(ConfigError) as exc:
         from_dict(Cfg, {"train": {"stepz": 3}})

@@ -232,7 +232,16 @@ def from_dict(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
         if no_default and name not in data:
             full = _join(path, name)
             raise ConfigError(f"missing required config key '{full}'", full)
-    kwargs = {name: _convert(hints[name], value, _join(path, name)) for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        f = fields.get(name)
+        if f is not None and f.default_factory is not dataclasses.MISSING and isinstance(value, Mapping):
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                # A partial section overrides the factory's defaults (e.g. nano_sampler's cfg=0),
+                # not the bare class defaults: `sampler.top_k=2` must not switch guidance back on.
+                value = _overlay(type(default), _plain(default), value)
+        kwargs[name] = _convert(hints[name], value, _join(path, name))
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -240,6 +249,21 @@ def from_dict(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
     except ValueError as err:  # from a __post_init__ check; add where it happened
         where = f"config section '{path}'" if path else "config"
         raise ConfigError(f"invalid {where}: {err}", path or None) from err
+
+
+def _overlay(cls: type, base: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` (a plain dataclass dict) with ``data`` on top; nested dataclass sections merge key
+    by key, any other value (a mapping-typed field like region_mix included) is replaced whole."""
+    out = dict(base)
+    hints = _hints(cls)
+    for k, v in data.items():
+        tp = hints.get(k)
+        if (isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(v, Mapping)
+                and isinstance(base.get(k), Mapping)):
+            out[k] = _overlay(tp, base[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 def _plain(value: Any) -> Any:
