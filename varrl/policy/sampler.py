@@ -86,19 +86,32 @@ def truncate_logits(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits_BlV
 
 
+def _guided_logits(cond_BlV: torch.Tensor, uncond_BlV: torch.Tensor | None, g: float,
+                   s: SamplerConfig) -> torch.Tensor:
+    logits = cond_BlV if uncond_BlV is None or g == 0 else (1 + g) * cond_BlV - g * uncond_BlV
+    return logits / s.temperature if s.temperature != 1.0 else logits
+
+
 def sampling_logits(cond_BlV: torch.Tensor, uncond_BlV: torch.Tensor | None, g: float,
                     s: SamplerConfig) -> torch.Tensor:
     """The logits of the distribution that sampling draws from at a step with guidance g."""
-    logits = cond_BlV if uncond_BlV is None or g == 0 else (1 + g) * cond_BlV - g * uncond_BlV
-    if s.temperature != 1.0:
-        logits = logits / s.temperature
-    return truncate_logits(logits, s.top_k, s.top_p)
+    return truncate_logits(_guided_logits(cond_BlV, uncond_BlV, g, s), s.top_k, s.top_p)
 
 
 def token_logprobs(cond_BlV: torch.Tensor, uncond_BlV: torch.Tensor | None, g: float,
                    s: SamplerConfig, idx_Bl: torch.Tensor) -> torch.Tensor:
     """Log-probs [B, l] of the tokens idx under the distribution named by s.logprob_mode."""
-    logits = cond_BlV if s.logprob_mode == "plain" else sampling_logits(cond_BlV, uncond_BlV, g, s)
+    if s.logprob_mode == "plain":
+        logits = cond_BlV
+    else:
+        raw = _guided_logits(cond_BlV, uncond_BlV, g, s)
+        logits = truncate_logits(raw, s.top_k, s.top_p)
+        if s.top_k or 0.0 < s.top_p < 1.0:
+            # Re-scoring runs other batch shapes than sampling, so logits differ in the last bits
+            # and a token drawn at the edge of the top-k/top-p set can fall just outside it: a
+            # log-prob of -inf would poison the loss. The drawn token always stays in the set.
+            at = idx_Bl.unsqueeze(-1)
+            logits = logits.scatter(-1, at, raw.gather(-1, at))
     return logits.log_softmax(dim=-1).gather(-1, idx_Bl.unsqueeze(-1)).squeeze(-1)
 
 
