@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,3 +294,16 @@ def test_text_ocr_reward_end_to_end():
     for s, boxes in zip(samples, res.boxes[:4]):
         hits += all(max((_iou(t, b) for b in boxes), default=0.0) > 0.3 for t in s.boxes)
     assert hits >= 3, (res.boxes, [s.boxes for s in samples])
+
+
+def test_dead_ocr_worker_is_an_error_not_a_hang(tmp_path):
+    # A script that starts OCR workers at module level, without a __main__ guard: each spawned
+    # worker re-imports it, tries to start workers of its own while bootstrapping and dies. The
+    # parent must say so and exit, not wait for the results forever.
+    script = tmp_path / "unguarded.py"
+    script.write_text("import numpy as np\nfrom varrl.ocr import OcrPool\n"
+                      "OcrPool(workers=1).read([np.zeros((32, 32, 3), np.uint8)])\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode != 0
+    assert "OcrWorkerError" in out.stderr and 'if __name__ == "__main__":' in out.stderr, out.stderr[-2000:]

@@ -94,6 +94,17 @@ def _worker_read(image: np.ndarray) -> list[OcrWord]:
     return _WORKER_ENGINE(image)
 
 
+class OcrWorkerError(RuntimeError):
+    """An OCR worker process died, so its results will never come."""
+
+
+_DEAD_WORKER = ("an OCR worker process died before returning its results. If the script that started "
+                "the run builds a Trainer or a reward at module level, put that code under "
+                "`if __name__ == \"__main__\":` (workers are spawned and re-import the main module); "
+                "otherwise the worker ran out of memory or crashed: reward.text_ocr.workers=0 reads "
+                "in this process and see the engine's own error")
+
+
 class OcrPool:
     """OCR over a batch of images, in worker processes (workers=0: in this process).
 
@@ -106,28 +117,44 @@ class OcrPool:
         self._pool = None
         if workers > 0:
             import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-            # spawn, not fork: forking a process that holds torch threads can deadlock.
-            self._pool = mp.get_context("spawn").Pool(workers, _worker_init, (self.config,))
+            # spawn, not fork: forking a process that holds torch threads can deadlock. An executor,
+            # not mp.Pool: when a worker dies, mp.Pool starts another and the batch waits forever,
+            # while the executor fails its futures (BrokenProcessPool), which `result` turns into
+            # a clear error.
+            self._pool = ProcessPoolExecutor(workers, mp.get_context("spawn"), _worker_init, (self.config,))
 
     def submit(self, images: list[np.ndarray]):
         if self._pool is None:
             if self._local is None:
                 self._local = OcrEngine(self.config)
             return [self._local(im) for im in images]
-        return self._pool.map_async(_worker_read, images, chunksize=1)
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return [self._pool.submit(_worker_read, im) for im in images]
+        except BrokenProcessPool as err:
+            raise OcrWorkerError(_DEAD_WORKER) from err
 
     @staticmethod
     def result(handle) -> list[list[OcrWord]]:
-        return handle if isinstance(handle, list) else handle.get()
+        from concurrent.futures import Future
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not handle or not isinstance(handle[0], Future):
+            return handle
+        try:
+            return [f.result() for f in handle]
+        except BrokenProcessPool as err:
+            raise OcrWorkerError(_DEAD_WORKER) from err
 
     def read(self, images: list[np.ndarray]) -> list[list[OcrWord]]:
         return self.result(self.submit(images))
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def __enter__(self) -> OcrPool:
