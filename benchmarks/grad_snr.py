@@ -22,13 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varrl.algorithms.grpo import group_advantages
 from varrl.algorithms.stages import stage_at
 from varrl.config import load_config
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import DistInfo
 from varrl.trainer.loop import Trainer
-from varrl.trainer.update import policy_update
 
 
 def gradient(tr: Trainer, step: int, prompts_at: int, seed: int) -> torch.Tensor:
@@ -39,12 +37,9 @@ def gradient(tr: Trainer, step: int, prompts_at: int, seed: int) -> torch.Tensor
     records = [tr.train_prompts[prompts_at * P + i] for i in range(P)]
     tr.gen.manual_seed(seed)
     batch = tr.rollout(step, records)
-    adv_B = group_advantages(batch.returns, batch.traj.group, cfg.rl.adv_norm, clip=cfg.rl.adv_clip).float()
-    keep = torch.nonzero(~torch.isnan(batch.returns)).flatten()
     params = [p for p in tr.policy.parameters() if p.requires_grad]
     frozen = torch.optim.SGD(params, lr=0.0)  # the real update path, without moving the weights
-    policy_update(tr.policy, None, batch.traj.select(keep), adv_B[keep], tr.plan(batch, keep), cfg.rl, cfg.train,
-                  frozen, tr.info)
+    tr.update(batch, tr.local_advantages(batch), frozen)
     return torch.cat([p.grad.flatten() for p in params if p.grad is not None])
 
 

@@ -18,12 +18,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from varrl.algorithms.grpo import group_advantages
 from varrl.config import load_config
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import DistInfo
 from varrl.trainer.loop import Trainer
-from varrl.trainer.update import policy_update
 
 
 def matmul_rate(n: int = 1024, repeats: int = 10) -> float:
@@ -63,11 +61,9 @@ def main() -> None:
         trainer.reward.submit(batch.images, prompts, meta).result()
         reward_alone_s = time.perf_counter() - t0
         # FLOPs of one update on that batch (counted, not timed: the counter slows the pass down).
-        adv = group_advantages(batch.returns, batch.traj.group).float()
-        keep = torch.arange(batch.traj.batch_size)
+        adv = trainer.local_advantages(batch)
         with FlopCounterMode(display=False) as fc:
-            policy_update(trainer.policy, trainer.ref_policy, batch.traj, adv, trainer.plan(batch, keep), cfg.rl,
-                          tc, trainer.optimizer, DistInfo())
+            trainer.update(batch, adv)
         flops = fc.get_total_flops()
         trainer.reward.close()
     peak = matmul_rate()

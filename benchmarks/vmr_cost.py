@@ -18,13 +18,11 @@ from pathlib import Path
 import torch
 from rescore import best_of  # benchmarks/ is on sys.path when run as a script
 
-from varrl.algorithms.grpo import group_advantages
 from varrl.config import load_config
 from varrl.trainer.batches import full_batch, prefix_batch
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import DistInfo
 from varrl.trainer.loop import Trainer
-from varrl.trainer.update import policy_update
 
 
 def main() -> None:
@@ -41,17 +39,13 @@ def main() -> None:
         prompts = [r.prompt for r in records]
         common = (cfg.sampler, tr.gen, tr.reward, tc.micro_batch)
 
-        def update(batch):
-            adv = group_advantages(batch.returns, batch.traj.group).float()
-            keep = torch.arange(batch.traj.batch_size)
-            policy_update(tr.policy, tr.ref_policy, batch.traj, adv, tr.plan(batch, keep), cfg.rl, tc, tr.optimizer,
-                          DistInfo())
-
         def vanilla():
-            update(full_batch(tr.policy, records, G, *common))
+            batch = full_batch(tr.policy, records, G, *common)
+            tr.update(batch, tr.local_advantages(batch))
 
         def prefix():
-            update(prefix_batch(tr.policy, records, G, K, m, vmr.eta, *common))
+            batch = prefix_batch(tr.policy, records, G, K, m, vmr.eta, *common)
+            tr.update(batch, tr.local_advantages(batch))
 
         vanilla()  # warm-up
         t_vanilla, t_prefix = best_of(vanilla, args.repeats), best_of(prefix, args.repeats)

@@ -133,10 +133,8 @@ class Trainer:
         if skipped and info.main:
             tqdm.write(f"warning: step {step + 1}: {skipped} group(s) got only NaN rewards; skipped")
         # 3. Update the rows that have a return, on the steps this stage trains.
-        keep = torch.nonzero(~torch.isnan(batch.returns)).flatten()
         t0 = time.perf_counter()
-        upd = policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep],
-                            self.plan(batch, keep), cfg.rl, tc, self.optimizer, info)
+        upd = self.update(batch, adv_B)
         update_s = time.perf_counter() - t0
         # 4. Log, reduced over ranks.
         parts = gather_objects(info, StepLog(batch.reward.scores, batch.reward.components, batch.returns.numpy(), upd,
@@ -155,6 +153,20 @@ class Trainer:
         if stage_at(step, cfg.rl.alternation, tc.steps) == "prefix":
             return prefix_batch(self.policy, records, tc.group_size, vmr.k, self.m, vmr.eta, *args)
         return suffix_batch(self.policy, records, vmr.suffix_prefixes, tc.group_size, self.m, *args)
+
+    def update(self, batch: StageBatch, adv_B: torch.Tensor, optimizer: torch.optim.Optimizer | None = None):
+        """One policy update on the rows of `batch` that have a return (NaN: the reward did not
+        apply), with this rank's advantages `adv_B` [B]; `optimizer` defaults to the run's own
+        (benchmarks pass a zero-LR one to take the gradient without moving the weights)."""
+        keep = torch.nonzero(~torch.isnan(batch.returns)).flatten()
+        return policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep],
+                             self.plan(batch, keep), self.cfg.rl, self.cfg.train, optimizer or self.optimizer,
+                             self.info)
+
+    def local_advantages(self, batch: StageBatch) -> torch.Tensor:
+        """Advantages [B] of one batch on its own (the step gathers its batch over ranks first)."""
+        rl = self.cfg.rl
+        return group_advantages(batch.returns, batch.traj.group, rl.adv_norm, clip=rl.adv_clip).float()
 
     def plan(self, batch: StageBatch, keep: torch.Tensor) -> UpdatePlan:
         """PANW weights and MP masks for the steps this batch trains (plain GRPO: neither)."""
