@@ -145,3 +145,21 @@ def test_evaluations_are_paired_across_seeds(tiny_dir, tmp_path):
         evals[name] = json.loads((tmp_path / name / "report.json").read_text())["eval"][0]["reward_mean"]
     assert evals["s1"] == evals["s2"]
     assert evals["s3"] != evals["s2"]
+
+
+def test_trainable_freezes_the_other_parameters(tiny_dir, tmp_path):
+    assert main(["train", *tiny_args(tiny_dir, tmp_path, "b", "train.steps=2", "train.trainable=bias$")]) == 0
+    before = load_file(str(tiny_dir / "model.safetensors"))
+    after = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
+    moved = {k for k in before if (before[k] - after[k]).abs().max().item() > 0}
+    assert moved and all(k.endswith("bias") for k in moved), sorted(moved)
+    # Resume restores an optimizer over the same parameters.
+    assert main(["train", "--resume", str(tmp_path / "b"), "train.steps=3"]) == 0
+
+
+def test_trainable_that_matches_nothing_is_a_config_error(tiny_dir, tmp_path, capsys):
+    assert main(["train", *tiny_args(tiny_dir, tmp_path, "n", "train.trainable=no_such_param")]) == 2
+    err = capsys.readouterr().err
+    assert "train.trainable" in err and "matches no parameter" in err
+    assert main(["train", *tiny_args(tiny_dir, tmp_path, "n2", "train.trainable=blocks(")]) == 2
+    assert "not a regular expression" in capsys.readouterr().err

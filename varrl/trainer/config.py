@@ -56,6 +56,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     """max global gradient norm (0: no clipping)"""
+    trainable: str | None = None
+    """regular expression: train only the policy parameters whose names it matches (re.search), e.g.
+    'bias$' (biases only) or 'blocks\\.[67]\\.'; the rest stay frozen (null: train all)"""
     epochs: int = 1
     """updates per batch of rollouts (1 = on-policy: the ratio is exactly 1)"""
     micro_batch: int = 16

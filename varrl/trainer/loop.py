@@ -4,6 +4,7 @@ evaluations, checkpoints that resume bit-identically, and the run directory's re
 from __future__ import annotations
 
 import copy
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,8 @@ class Trainer:
         self.ref_policy = copy.deepcopy(self.policy) if cfg.rl.kl_beta > 0 else None  # frozen start
         if self.ref_policy is not None:
             self.ref_policy.model.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.policy.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
-                                           weight_decay=tc.weight_decay)
+        self.optimizer = torch.optim.AdamW(select_trainable(self.policy.model, tc.trainable), lr=tc.lr,
+                                           betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + info.rank)  # this rank's noise
         self.train_prompts, eval_source = prompt_sources(cfg)
         self.eval_records = [eval_source[i] for i in range(tc.eval_prompts)]
@@ -216,6 +217,28 @@ class Trainer:
 def train(cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool) -> dict | None:
     """Run (or continue) the RL run in run_dir; returns the report on rank 0."""
     return Trainer(cfg, run_dir, info, resume).run()
+
+
+def select_trainable(model: torch.nn.Module, pattern: str | None) -> list[torch.nn.Parameter]:
+    """The parameters to train: those whose names match `pattern` (all when None); the others are
+    frozen (requires_grad False), so the update neither computes nor applies their gradients."""
+    named = list(model.named_parameters())
+    if pattern is None:
+        return [p for _, p in named]
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"train.trainable={pattern!r} is not a regular expression: {e}", "train.trainable") from e
+    chosen = []
+    for name, p in named:
+        p.requires_grad_(bool(rx.search(name)))
+        if p.requires_grad:
+            chosen.append(p)
+    if not chosen:
+        some = ", ".join(n for n, _ in named[:6])
+        raise ConfigError(f"train.trainable={pattern!r} matches no parameter of the policy; names look like: "
+                          f"{some}, ...", "train.trainable")
+    return chosen
 
 
 def resolve_split(spec: int | str, schedule) -> int:
