@@ -27,7 +27,7 @@ def without_perf(path):
     return out
 
 
-@pytest.mark.parametrize("kill_after", [3, 7])
+@pytest.mark.parametrize("kill_after", [0, 3, 7])  # 0: as soon as config.yaml is written
 def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
     model = tmp_path / "model"
     write_model_dir(model, *build_tiny(model_kwargs=dict(max_text_len=128)))
@@ -36,13 +36,16 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
 
     proc = subprocess.Popen(run_args(model, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoints" / f"step_{kill_after:08d}"
+    killed = tmp_path / "killed"
+    ckpt = killed / "config.yaml" if kill_after == 0 else killed / "checkpoints" / f"step_{kill_after:08d}"
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    if kill_after == 0:
+        assert not (killed / "metrics.jsonl").exists()  # killed before its first metrics line
     resumed = subprocess.run([sys.executable, "-m", "varrl", "train", "--resume", str(tmp_path / "killed")],
                              env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

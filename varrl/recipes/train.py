@@ -15,9 +15,11 @@ def run_train(config_path: str | None, overrides: list[str], resume: str | None)
 
     if resume:
         run_dir = Path(resume)
-        if not (run_dir / "config.yaml").exists() or not (run_dir / "metrics.jsonl").exists():
+        # config.yaml alone marks a run: one killed before its first metrics line (during the
+        # step-0 evaluation) has no metrics.jsonl yet, and resumes from the start.
+        if not (run_dir / "config.yaml").exists():
             raise RunDirError(f"cannot resume {run_dir}: it is not a varrl train run directory "
-                              "(expected config.yaml and metrics.jsonl inside)")
+                              "(expected the config.yaml that varrl train writes first)")
         cfg = load_config(TrainRunConfig, run_dir / "config.yaml", overrides, apply_method_preset)
     else:
         cfg = load_config(TrainRunConfig, config_path, overrides, apply_method_preset)
