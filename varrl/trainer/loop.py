@@ -161,8 +161,8 @@ class Trainer:
         (benchmarks pass a zero-LR one to take the gradient without moving the weights)."""
         keep = torch.nonzero(~torch.isnan(batch.returns)).flatten()
         return policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep],
-                             self.plan(batch, keep), self.cfg.rl, self.cfg.train, optimizer or self.optimizer,
-                             self.info)
+                             self.plan(batch, keep), self.cfg.rl, self.cfg.train,
+                             self.optimizer if optimizer is None else optimizer, self.info)
 
     def local_advantages(self, batch: StageBatch) -> torch.Tensor:
         """Advantages [B] of one batch on its own (the step gathers its batch over ranks first)."""
