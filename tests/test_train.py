@@ -42,7 +42,8 @@ def test_train_writes_the_run_directory(tiny_dir, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]  # keep 2
     report = json.loads((run / "report.json").read_text())
     assert [e["step"] for e in report["eval"]] == [0, 2, 4]
-    assert set(report["eval"][0]) >= {"step", "reward_mean", "word_acc", "ned"}
+    assert set(report["eval"][0]) >= {"step", "reward_mean", "word_acc", "ned", "reward_sem"}
+    assert all(e["reward_sem"] > 0 for e in report["eval"])  # 4 prompts of different brightness
     step1 = next(m for m in metrics(run) if m["step"] == 1 and "reward/mean" in m)
     for k in ("reward/mean", "reward/brightness", "policy/kl", "policy/clipfrac", "policy/ratio_mean",
               "policy/entropy", "perf/rollout_s", "perf/reward_s", "perf/update_s", "perf/images_per_s"):
@@ -163,3 +164,12 @@ def test_trainable_that_matches_nothing_is_a_config_error(tiny_dir, tmp_path, ca
     assert "train.trainable" in err and "matches no parameter" in err
     assert main(["train", *tiny_args(tiny_dir, tmp_path, "n2", "train.trainable=blocks(")]) == 2
     assert "not a regular expression" in capsys.readouterr().err
+
+
+def test_standard_error_by_hand():
+    from varrl.trainer.evaluate import standard_error
+
+    # values 1, 2, 3, 6: mean 3, squared deviations 4+1+0+9 = 14, sample var 14/3, s.e. sqrt(14/3)/2
+    assert standard_error([1.0, 2.0, float("nan"), 3.0, 6.0]) == pytest.approx(math.sqrt(14 / 3) / 2)
+    assert standard_error([2.0, float("nan")]) is None  # one finite value: no spread to report
+

@@ -23,6 +23,14 @@ class EvalResult:
     boxes: list[list] | None  # per image, the regions the reward returned
 
 
+def standard_error(x: np.ndarray) -> float | None:
+    """Standard error of the mean of the finite values of x (sample std / sqrt(n)): the noise of
+    one evaluation, to read a change between evaluations against. None for fewer than 2 values."""
+    v = np.asarray(x, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else None
+
+
 def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: int, reward: Reward,
              rows_per_chunk: int, info: DistInfo) -> EvalResult:
     mine = [records[i] for i in np.array_split(np.arange(len(records)), info.world)[info.rank]]
@@ -37,7 +45,7 @@ def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: 
     images = np.concatenate([p[0] for p in parts])
     res = cat_results([p[1] for p in parts])
     metrics: dict[str, float | None] = {"reward_mean": float(np.nanmean(res.scores)) if np.isfinite(res.scores).any()
-                                        else None}
+                                        else None, "reward_sem": standard_error(res.scores)}
     # Word accuracy and NED pooled over target words (a 2-word prompt counts twice), when the
     # reward reads text; other rewards report them as null.
     n_words = np.array([len(r.words) for r in records], dtype=np.float64)

@@ -93,8 +93,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def eval_rows(records: list[dict]) -> list[dict]:
-    return [{"step": r["step"], "reward_mean": r.get("eval/reward_mean"), "word_acc": r.get("eval/word_acc"),
-             "ned": r.get("eval/ned")} for r in records if "eval/reward_mean" in r]
+    return [{"step": r["step"], "reward_mean": r.get("eval/reward_mean"), "reward_sem": r.get("eval/reward_sem"),
+             "word_acc": r.get("eval/word_acc"), "ned": r.get("eval/ned")} for r in records if "eval/reward_mean" in r]
 
 
 def plot_rewards(run_dir: Path) -> Path:
@@ -145,8 +145,9 @@ def write_report(run_dir: Path, summary: dict) -> dict:
         lines += [f"Held-out evaluation ({summary.get('eval_prompts', '?')} prompts, fixed seed): reward "
                   f"{fmt(first['reward_mean'])} at step {first['step']} -> {fmt(last['reward_mean'])} at step "
                   f"{last['step']}; word accuracy {fmt(first['word_acc'])} -> {fmt(last['word_acc'])}.", ""]
-    lines += ["| step | reward | word acc | NED |", "|---:|---:|---:|---:|"]
-    lines += [f"| {e['step']} | {fmt(e['reward_mean'])} | {fmt(e['word_acc'])} | {fmt(e['ned'])} |" for e in evals]
+    lines += ["| step | reward | +- s.e. | word acc | NED |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {e['step']} | {fmt(e['reward_mean'])} | {fmt(e['reward_sem'])} | {fmt(e['word_acc'])} | "
+              f"{fmt(e['ned'])} |" for e in evals]
     lines += ["", "![reward](plots/reward.png)", ""]
     grids = sorted((run_dir / "samples").glob("step_*.png"))
     if grids:
