@@ -57,6 +57,29 @@ def test_sample_writes_png(tiny_model_dir, tmp_path, capsys):
         assert im.size == (148, 80)
 
 
+def test_default_cfg_follows_the_checkpoint(tiny_model_dir, tmp_path):
+    """Without --cfg, sample/eval use the guidance the model is meant to sample with."""
+    import argparse
+
+    from varrl.cli import VAR_CFG, _sampler, default_cfg
+    from varrl.policy.var_load import VAR_FORMAT
+
+    assert default_cfg(None) == 0.0  # the shipped nano model reads better without guidance
+    assert default_cfg(str(tiny_model_dir)) == 0.0
+    run = tmp_path / "run"
+    (run / "last").mkdir(parents=True)
+    (run / "config.yaml").write_text("run:\n  name: run\nsampler:\n  cfg: 2.5\n")
+    assert default_cfg(str(run)) == 2.5 and default_cfg(str(run / "last")) == 2.5
+    (tmp_path / "var_d16.pth").write_bytes(b"x")
+    assert default_cfg(str(tmp_path / "var_d16.pth")) == VAR_CFG == 1.5
+    (tmp_path / "var_dir").mkdir()
+    (tmp_path / "var_dir" / "config.json").write_text(json.dumps({"format": VAR_FORMAT}))
+    assert default_cfg(str(tmp_path / "var_dir")) == VAR_CFG
+    opts = dict(cfg_schedule="linear", top_k=0, top_p=0.0, temperature=1.0)
+    assert _sampler(argparse.Namespace(cfg=4.0, **opts), str(run)).cfg == 4.0  # an explicit --cfg wins
+    assert _sampler(argparse.Namespace(cfg=None, **opts), str(run)).cfg == 2.5
+
+
 def test_sample_scale_and_cols(tiny_model_dir, tmp_path):
     out = tmp_path / "y.png"
     assert main(["sample", "--checkpoint", str(tiny_model_dir), "--prompt", "a", "--n", "3", "--out", str(out),

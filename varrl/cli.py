@@ -40,17 +40,59 @@ def _ablate(args: argparse.Namespace) -> None:
     print(f"{'ablation report' if args.report_only else 'ablation finished'}: {root / 'ablation.md'}")
 
 
+VAR_CFG = 1.5
+"""guidance the published VAR checkpoints sample with (their demo settings)"""
+
+
+def default_cfg(checkpoint: str | None) -> float:
+    """The guidance strength `varrl sample` / `varrl eval` use when --cfg is not given: an RL run
+    directory's own `sampler.cfg`, 1.5 for a published VAR checkpoint (file or converted
+    directory), else the nano model's rollout default (no guidance: it reads better without)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from varrl.policy.load import shipped_model_dir
+    from varrl.policy.var_load import VAR_FORMAT, is_checkpoint_file
+    from varrl.trainer.config import nano_sampler
+
+    root = shipped_model_dir() if checkpoint is None else Path(checkpoint)
+    for run_cfg in (root / "config.yaml", root.parent / "config.yaml" if root.name == "last" else None):
+        if run_cfg is not None and run_cfg.is_file():  # a `varrl train` run (or its last/): sample as it trained
+            sampler = (yaml.safe_load(run_cfg.read_text()) or {}).get("sampler") or {}
+            if "cfg" in sampler:
+                return float(sampler["cfg"])
+    if root.is_file() and is_checkpoint_file(root):
+        return VAR_CFG
+    for meta in (root / "config.json", root / "last" / "config.json"):
+        if meta.is_file():
+            try:
+                if json.loads(meta.read_text()).get("format") == VAR_FORMAT:
+                    return VAR_CFG
+            except json.JSONDecodeError:
+                pass  # load_policy reports a broken config.json with its own error
+            break
+    return nano_sampler().cfg
+
+
+def _sampler(args: argparse.Namespace, checkpoint: str | None):
+    from varrl.policy.sampler import SamplerConfig
+
+    cfg = default_cfg(checkpoint) if args.cfg is None else args.cfg
+    return SamplerConfig(cfg=cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k, top_p=args.top_p,
+                         temperature=args.temperature)
+
+
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
     from varrl.policy.load import load_policy
-    from varrl.policy.sampler import SamplerConfig
     from varrl.viz import image_grid, to_uint8
 
     if args.n < 1:
         raise UsageError("--n must be at least 1")
-    sampler = SamplerConfig(cfg=args.cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k, top_p=args.top_p,
-                            temperature=args.temperature)
+    sampler = _sampler(args, args.checkpoint)
     policy = load_policy(args.checkpoint, vae=args.vae)
     traj = policy.rollout(args.prompt, n=args.n, sampler=sampler, generator=torch.Generator().manual_seed(args.seed))
     images = to_uint8(policy.decode(traj))
@@ -66,11 +108,9 @@ def _sample(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from varrl.eval.cvtg import markdown_table
-    from varrl.policy.sampler import SamplerConfig
     from varrl.recipes.evaluate import EvalConfig, run_eval
 
-    sampler = SamplerConfig(cfg=args.cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k, top_p=args.top_p,
-                            temperature=args.temperature)
+    sampler = _sampler(args, args.checkpoint)
     cfg = EvalConfig(benchmark=args.benchmark, data=args.data, checkpoint=args.checkpoint, images=args.images,
                      out=args.out or f"runs/eval_{args.benchmark}", limit=args.limit, seed=args.seed,
                      batch=args.batch, ocr_workers=args.ocr_workers, clip_model=args.clip_model, device=args.device,
@@ -149,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "published VAR checkpoint file (then --prompt takes class labels, e.g. --prompt 207)")
     sp.add_argument("--vae", default=None, help="tokenizer file of a VAR checkpoint (default: "
                     "vae_ch160v4096z32.pth beside it)")
-    sp.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance strength")
+    sp.add_argument("--cfg", type=float, default=None, help="classifier-free guidance strength "
+                    "(default: a run directory's own sampler.cfg, 1.5 for published VAR checkpoints, 0 for the "
+                    "nano model)")
     sp.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
     sp.add_argument("--top-k", type=int, default=0)
     sp.add_argument("--top-p", type=float, default=0.0)
@@ -178,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--benchmark hpsv3: local Qwen2-VL-7B-Instruct directory (config, tokenizer, preprocessor)")
     ev.add_argument("--hpsv3-checkpoint", default=None, metavar="FILE",
                     help="--benchmark hpsv3: the released HPSv3.safetensors")
-    ev.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance strength")
+    ev.add_argument("--cfg", type=float, default=None, help="classifier-free guidance strength "
+                    "(default: a run directory's own sampler.cfg, 1.5 for published VAR checkpoints, 0 for the "
+                    "nano model)")
     ev.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
     ev.add_argument("--top-k", type=int, default=0)
     ev.add_argument("--top-p", type=float, default=0.0)
