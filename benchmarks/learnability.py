@@ -28,7 +28,7 @@ from varrl.algorithms.grpo import group_advantages
 from varrl.config import load_config
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import DistInfo
-from varrl.trainer.loop import Trainer, warmup_lr
+from varrl.trainer.loop import Trainer
 
 
 def train_one_prompt(cfg: TrainRunConfig, which: int, steps: int, control: bool) -> tuple[str, list[dict]]:
@@ -42,8 +42,7 @@ def train_one_prompt(cfg: TrainRunConfig, which: int, steps: int, control: bool)
         rows = []
         try:
             for step in range(steps):
-                for g in tr.optimizer.param_groups:
-                    g["lr"] = warmup_lr(step, cfg.train.lr, cfg.train.warmup)
+                tr.set_lr(step)
                 batch = tr.rollout(step, [record] * cfg.train.prompts_per_step)
                 if control:
                     fake = torch.randn(batch.returns.shape, generator=noise, dtype=batch.returns.dtype)

@@ -116,11 +116,16 @@ class Trainer:
             self.reward.close()
         return self.finish()
 
-    def step(self, step: int) -> dict | None:
-        cfg, tc, info = self.cfg, self.cfg.train, self.info
-        lr = warmup_lr(step, tc.lr, tc.warmup)
+    def set_lr(self, step: int) -> float:
+        """The optimizer's learning rate for `step` (linear warm-up, then train.lr)."""
+        lr = warmup_lr(step, self.cfg.train.lr, self.cfg.train.warmup)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        return lr
+
+    def step(self, step: int) -> dict | None:
+        cfg, tc, info = self.cfg, self.cfg.train, self.info
+        lr = self.set_lr(step)
         # 1. Rollouts and rewards: this rank's prompts, each prompt's whole group on this rank.
         records = [self.train_prompts[step * tc.prompts_per_step + i] for i in self.mine]
         batch = self.rollout(step, records)
