@@ -2,6 +2,7 @@
 steps, the ratio is exactly 1 at the first update of each stage, and the alternation follows the pattern."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -153,3 +154,16 @@ def test_ablate_named_cells_and_a_partial_report(tiny_dir, tmp_path, capsys):
     assert "method: grpo" in (root / "grpo" / "seed1" / "config.yaml").read_text()
     assert main(["ablate", "--cell", "a: rl.mp.enabled=false", "--cell", "a: rl.mp.enabled=true", *common]) == 2
     assert "share the name 'a'" in capsys.readouterr().err
+
+
+def test_ablation_stats_use_the_sample_std():
+    from varrl.recipes.ablate import _stats
+
+    rows = [{"reward_mean": r, "word_acc": None, "ned": 0.5} for r in (1.0, 2.0, 4.0)]
+    st = _stats(rows)
+    # mean 7/3; squared deviations 16/9 + 1/9 + 25/9 = 42/9, over n - 1 = 2: 7/3
+    assert st["reward_mean"]["mean"] == pytest.approx(7 / 3)
+    assert st["reward_mean"]["std"] == pytest.approx(math.sqrt(7 / 3))
+    assert st["ned"]["std"] == 0.0 and st["word_acc"] == {"mean": None, "std": None, "values": []}
+    assert _stats(rows[:1])["reward_mean"]["std"] is None  # one seed: no spread
+
