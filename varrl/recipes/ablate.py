@@ -114,7 +114,8 @@ def summarize(root: Path, cells: list[Cell], seeds: int) -> dict:
             return "n/a"
         return f"{d['mean']:.3f}" if len(d["values"]) < 2 else f"{d['mean']:.3f} +- {d['std']:.3f}"  # no std of one
 
-    lines = [f"# Ablation `{root.name}`", "", f"Held-out evaluation, mean +- sample std over the finished seeds (of {seeds}): "
+    lines = [f"# Ablation `{root.name}`", "",
+             f"Held-out evaluation, mean +- sample std over the finished seeds (of {seeds}): "
              "at step 0 (the starting model) and at the last step.", "",
              "| cell | overrides | seeds | reward (start) | reward (final) | word acc (start) | word acc (final) "
              "| NED (final) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
