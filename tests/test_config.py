@@ -189,6 +189,14 @@ def test_parse_override(text: str, expected: tuple[str, object]) -> None:
     assert parse_override(text) == expected
 
 
+def test_parse_override_values_are_not_shared_between_calls() -> None:
+    # A cached parse would hand every caller the same list: one caller's edit would change the next
+    # run's override.
+    first = parse_override("data.fonts=[DejaVuSans]")[1]
+    first.append("Other")
+    assert parse_override("data.fonts=[DejaVuSans]")[1] == ["DejaVuSans"]
+
+
 @pytest.mark.parametrize("text", ["train.steps", "=3", "train..steps=3", "train.=1"])
 def test_parse_override_errors(text: str) -> None:
     with pytest.raises(ConfigError, match=r"key\.sub=value"):

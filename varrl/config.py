@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import os
 import re
 import uuid
@@ -68,7 +67,6 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader subclass
 
 
-@functools.cache
 def parse_override(s: str) -> tuple[str, Any]:
     """Split ``key.sub=value``; the value is parsed as YAML (``3``, ``true``, ``[1,2]``)."""
     if "=" not in s:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ class ConfigError(ValueError):
         self.key = key
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     """Resolved annotations of the init fields (string annotations included)."""
     resolved = get_type_hints(cls)
