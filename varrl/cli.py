@@ -51,18 +51,15 @@ def default_cfg(checkpoint: str | None) -> float:
     import json
     from pathlib import Path
 
-    import yaml
-
+    from varrl.config import load_config
     from varrl.policy.load import shipped_model_dir
     from varrl.policy.var_load import VAR_FORMAT, is_checkpoint_file
-    from varrl.trainer.config import nano_sampler
+    from varrl.trainer.config import TrainRunConfig, apply_method_preset, nano_sampler
 
     root = shipped_model_dir() if checkpoint is None else Path(checkpoint)
     for run_cfg in (root / "config.yaml", root.parent / "config.yaml" if root.name == "last" else None):
         if run_cfg is not None and run_cfg.is_file():  # a `varrl train` run (or its last/): sample as it trained
-            sampler = (yaml.safe_load(run_cfg.read_text()) or {}).get("sampler") or {}
-            if "cfg" in sampler:
-                return float(sampler["cfg"])
+            return load_config(TrainRunConfig, run_cfg, [], apply_method_preset).sampler.cfg
     if root.is_file() and is_checkpoint_file(root):
         return VAR_CFG
     for meta in (root / "config.json", root / "last" / "config.json"):
