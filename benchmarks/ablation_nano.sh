@@ -5,7 +5,7 @@
 #   bash benchmarks/ablation_nano.sh                      # all cells, 3 seeds
 #   SEEDS=1 bash benchmarks/ablation_nano.sh              # seed 0 of every cell first
 #   EXTRA=--report-only bash benchmarks/ablation_nano.sh  # the table of the runs finished so far
-exec varrl ablate --name ablation_nano --seeds ${SEEDS:-3} --steps 40 ${EXTRA} \
+exec varrl ablate --name ablation_nano --seeds ${SEEDS:-3} --steps 40 --reference var_rl ${EXTRA} \
   --cell 'grpo: rl.method=grpo' \
   --cell 'var_rl: rl.method=var_rl' \
   --cell 'no_vmr: rl.vmr.enabled=false' \

@@ -147,6 +147,10 @@ def test_ablate_named_cells_and_a_partial_report(tiny_dir, tmp_path, capsys):
     assert "| grpo | rl.method=grpo | 2/2 |" in table and "| no_mp | rl.mp.enabled=false | 0/2 | n/a |" in table
     grpo_row = next(line for line in table.splitlines() if line.startswith("| grpo |"))
     assert grpo_row.count("+-") == 2  # two seeds: start and final reward have a spread (no OCR: no word acc)
+    assert "Paired by seed against `grpo`" in table  # the first cell is the reference by default
+    assert "| no_mp | 0 | n/a | n/a | n/a | 0/0 |" in table
+    assert main(["ablate", *cells, "--report-only", "--reference", "nope", *common]) == 2
+    assert "--reference 'nope' is not a cell" in capsys.readouterr().err
     # --seeds 1: a spread of one run would be a false 0.000
     assert main(["ablate", "--cell", "grpo: rl.method=grpo", "--report-only", *common_args(1)]) == 0
     grpo_row = next(line for line in (root / "ablation.md").read_text().splitlines() if line.startswith("| grpo |"))
@@ -167,3 +171,21 @@ def test_ablation_stats_use_the_sample_std():
     assert st["ned"]["std"] == 0.0 and st["word_acc"] == {"mean": None, "std": None, "values": []}
     assert _stats(rows[:1])["reward_mean"]["std"] is None  # one seed: no spread
 
+
+
+def test_paired_differences_match_seeds_and_count_wins():
+    from varrl.recipes.ablate import paired_differences
+
+    def row(r, w):
+        return {"reward_mean": r, "word_acc": w, "ned": 0.9}
+
+    ref = {0: row(1.5, 0.6), 1: row(1.4, 0.5), 2: row(1.6, None)}
+    cell = {0: row(1.7, 0.7), 1: row(1.3, 0.6), 3: row(9.0, 0.9)}  # seed 3 has no partner, seed 2 none here
+    d = paired_differences(cell, ref)
+    assert d["seeds"] == 2 and d["seed_ids"] == [0, 1]
+    # differences +0.2 and -0.1: mean 0.05; deviations +-0.15, squared 0.045 over n - 1 = 1
+    assert d["reward_mean"]["mean"] == pytest.approx(0.05)
+    assert d["reward_mean"]["std"] == pytest.approx(math.sqrt(0.045))
+    assert d["word_acc"]["values"] == pytest.approx([0.1, 0.1]) and d["ned"]["mean"] == pytest.approx(0.0)
+    assert d["higher"] == 1
+    assert paired_differences(cell, {})["reward_mean"] == {"mean": None, "std": None, "values": []}

@@ -36,7 +36,7 @@ def _ablate(args: argparse.Namespace) -> None:
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
     root = run_ablation(args.config, args.grid, args.seeds, args.steps, args.name, args.overrides, args.cell,
-                        args.report_only)
+                        args.report_only, args.reference)
     print(f"{'ablation report' if args.report_only else 'ablation finished'}: {root / 'ablation.md'}")
 
 
@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "for cells that are not a product of axes, such as a method minus each component)")
     ab.add_argument("--report-only", action="store_true",
                     help="only write ablation.md/json/png from the runs finished so far")
+    ab.add_argument("--reference", default=None, metavar="CELL",
+                    help="the cell every other is compared with, seed by seed (default: the first cell)")
     ab.add_argument("--seeds", type=int, default=3)
     ab.add_argument("--steps", type=int, default=None, help="train.steps for every run")
     ab.add_argument("--name", default=None, help="directory under run.dir (default: ablate_<config name>)")

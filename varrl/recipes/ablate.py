@@ -70,7 +70,7 @@ def parse_cells(specs: list[str]) -> list[Cell]:
 
 def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | None, name: str | None,
                  overrides: list[str], cell_specs: list[str] | None = None,
-                 report_only: bool = False) -> Path:
+                 report_only: bool = False, reference: str | None = None) -> Path:
     from varrl.recipes.train import run_train
 
     cells = (parse_grid(grid) if grid or not cell_specs else []) + parse_cells(cell_specs or [])
@@ -78,6 +78,8 @@ def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | N
     if len(set(names)) != len(names):
         raise ConfigError(f"two cells share the name {next(n for n in names if names.count(n) > 1)!r}; "
                           "give every --cell its own name")
+    if reference is not None and reference not in names:
+        raise ConfigError(f"--reference {reference!r} is not a cell; the cells are: {', '.join(names)}")
     base = load_config(TrainRunConfig, config, overrides, apply_method_preset)
     root = Path(base.run.dir) / (name or f"ablate_{Path(config).stem if config else 'default'}")
     extra = [f"train.steps={steps}"] if steps else []
@@ -93,11 +95,11 @@ def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | N
             else:
                 run_train(config, [*overrides, *cell.overrides, *extra, f"run.dir={root / cell.name}",
                                    f"run.name=seed{seed}", f"run.seed={seed}"], None)
-    summarize(root, cells, seeds)
+    summarize(root, cells, seeds, reference)
     return root
 
 
-def summarize(root: Path, cells: list[Cell], seeds: int) -> dict:
+def summarize(root: Path, cells: list[Cell], seeds: int, reference: str | None = None) -> dict:
     """ablation.json, ablation.md and ablation.png from the cells' report.json files."""
     out = {"cells": []}
     for cell in cells:
@@ -107,6 +109,11 @@ def summarize(root: Path, cells: list[Cell], seeds: int) -> dict:
         out["cells"].append({"name": cell.name, "overrides": cell.overrides, "seeds": len(evals), "seed_ids": done,
                              "start": _stats([e[0] for e in evals if e]), "final": _stats([e[-1] for e in evals if e]),
                              "final_step": [e[-1]["step"] for e in evals if e], "curves": evals})
+    ref = reference or (cells[0].name if cells else None)
+    out["reference"] = ref
+    out["paired"] = [{"name": c["name"], **paired_differences(_finals(c), _finals(next(r for r in out["cells"]
+                                                                                       if r["name"] == ref)))}
+                     for c in out["cells"] if c["name"] != ref]
     atomic_write_text(root / "ablation.json", json.dumps(out, indent=1))
 
     def pm(d):
@@ -124,6 +131,15 @@ def summarize(root: Path, cells: list[Cell], seeds: int) -> dict:
         lines.append(f"| {c['name']} | {' '.join(c['overrides']) or 'base'} | {c['seeds']}/{seeds} | "
                      f"{pm(a['reward_mean'])} | {pm(f['reward_mean'])} | "
                      f"{pm(a['word_acc'])} | {pm(f['word_acc'])} | {pm(f['ned'])} |")
+    if out["paired"]:
+        lines += ["", f"Paired by seed against `{ref}`: each cell's final evaluation minus `{ref}`'s of the "
+                  "same seed (the same training prompts and first rollout noise), mean "
+                  "+- sample std over the seeds both have finished; 'higher' counts the seeds where the cell "
+                  "ends above the reference in reward.", "",
+                  "| cell | seeds | d reward | d word acc | d NED | higher |", "|---|---:|---:|---:|---:|---:|"]
+        for d in out["paired"]:
+            lines.append(f"| {d['name']} | {d['seeds']} | {pm(d['reward_mean'])} | {pm(d['word_acc'])} | "
+                         f"{pm(d['ned'])} | {d['higher']}/{d['seeds']} |")
     lines += ["", "Per run (start -> final):", ""]
     for c in out["cells"]:
         for s_, run in zip(c["seed_ids"], c["curves"]):
@@ -138,13 +154,31 @@ def summarize(root: Path, cells: list[Cell], seeds: int) -> dict:
 
 
 def _stats(rows: list[dict]) -> dict:
-    out = {}
+    return {k: _spread([r[k] for r in rows if r[k] is not None]) for k in ("reward_mean", "word_acc", "ned")}
+
+
+def _spread(v: list[float]) -> dict:
+    # The sample std (n - 1): with the 2-3 seeds an ablation affords, the population std would
+    # understate the spread by a factor of 1.2-1.4. None for one value: no spread to report.
+    return {"mean": float(np.mean(v)) if v else None, "std": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+            "values": v}
+
+
+def _finals(cell: dict) -> dict[int, dict]:
+    """seed -> that seed's final evaluation row, for the seeds of a cell that finished."""
+    return {s: run[-1] for s, run in zip(cell["seed_ids"], cell["curves"]) if run}
+
+
+def paired_differences(cell: dict[int, dict], ref: dict[int, dict]) -> dict:
+    """Per-seed differences cell - reference of the final reward, word accuracy and NED, over the seeds
+    both have. Runs of one seed share their training prompts and first rollout noise, so the
+    difference of a pair cancels what the two runs share, which a difference of two means over
+    seeds does not."""
+    seeds = sorted(set(cell) & set(ref))
+    out: dict = {"seeds": len(seeds), "seed_ids": seeds}
     for k in ("reward_mean", "word_acc", "ned"):
-        v = [r[k] for r in rows if r[k] is not None]
-        # The sample std (n - 1): with the 2-3 seeds an ablation affords, the population std would
-        # understate the spread by a factor of 1.2-1.4. None for one value: no spread to report.
-        out[k] = {"mean": float(np.mean(v)) if v else None,
-                  "std": float(np.std(v, ddof=1)) if len(v) > 1 else None, "values": v}
+        out[k] = _spread([cell[s][k] - ref[s][k] for s in seeds if None not in (cell[s][k], ref[s][k])])
+    out["higher"] = sum(cell[s]["reward_mean"] > ref[s]["reward_mean"] for s in seeds)
     return out
 
 
