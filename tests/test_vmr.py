@@ -78,6 +78,26 @@ def test_resume_keeps_the_alternation_position(tiny_dir, tmp_path):
     assert stages == ["prefix", "suffix", "prefix", "suffix"]
 
 
+def test_prefix_updates_can_have_their_own_kl_coefficient(tiny_dir, tmp_path):
+    def run(name: str, prefix_beta: float) -> list[dict]:
+        args = [f"policy.path={tiny_dir}", f"run.dir={tmp_path}", f"run.name={name}",
+                "reward.weights={brightness: 1.0}", "train.prompts_per_step=2", "train.group_size=3",
+                "train.steps=3", "train.eval_every=0", "train.eval_prompts=2", "train.lr=1e-2", "train.warmup=0",
+                "rl.vmr.m=2", "rl.alternation=1:1", "rl.panw.alpha=null", "rl.kl_beta=0",
+                f"rl.vmr.prefix_kl_beta={prefix_beta}"]
+        assert main(["train", *args]) == 0
+        recs = [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in recs if "reward/mean" in r]
+
+    low, high = run("low", 0.5), run("high", 5.0)
+    assert "stage/suffix/loss" in low[1] and low[1]["policy/kl"] == 0.0  # the suffix keeps rl.kl_beta = 0
+    # The KL and its gradient vanish at the start (up to rounding: the reference runs without
+    # autograd), so both runs reach step 3, a prefix update, with the same weights and rollouts to
+    # about 1e-5; their losses differ by the difference of coefficients times the token-mean KL.
+    assert high[2]["policy/kl"] == pytest.approx(low[2]["policy/kl"], rel=1e-4) and low[2]["policy/kl"] > 0.1
+    assert high[2]["policy/loss"] - low[2]["policy/loss"] == pytest.approx(4.5 * low[2]["policy/kl"], rel=1e-3)
+
+
 def test_method_grpo_is_the_plain_baseline(tiny_dir, tmp_path):
     args = [f"policy.path={tiny_dir}", f"run.dir={tmp_path}", "run.name=g", "reward.weights={brightness: 1.0}",
             "train.prompts_per_step=2", "train.group_size=3", "train.steps=1", "train.eval_prompts=2",
@@ -95,6 +115,8 @@ def test_bad_split_is_a_config_error(tiny_dir, tmp_path, capsys):
             "rl.vmr.m=64px"]
     assert main(["train", *args]) == 2
     assert "rl.vmr.m" in capsys.readouterr().err
+    assert main(["train", *args[:-1], "rl.vmr.prefix_kl_beta=-0.1"]) == 2
+    assert "rl.vmr.prefix_kl_beta must be >= 0" in capsys.readouterr().err
 
 
 def test_ablate_runs_every_cell_and_skips_finished_ones(tiny_dir, tmp_path):

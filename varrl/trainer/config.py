@@ -92,6 +92,9 @@ class VmrConfig:
     """temperature of the soft value eta*log(mean exp(R/eta)) (large: mean, small: max)"""
     suffix_prefixes: int = 1
     """shared prefixes per prompt in a suffix update; each gets train.group_size completions"""
+    prefix_kl_beta: float | None = None
+    """KL coefficient of the prefix updates, whose two stages the paper regularises separately
+    (null: rl.kl_beta, which the suffix and plain updates always use)"""
 
 
 @dataclass
@@ -181,6 +184,9 @@ class TrainRunConfig:
             raise ValueError("train.group_size must be >= 2: GRPO compares samples within a group")
         if self.rl.vmr.enabled and self.rl.vmr.k < 1:
             raise ValueError(f"rl.vmr.k must be >= 1, got {self.rl.vmr.k}")
+        for name, beta in (("rl.kl_beta", self.rl.kl_beta), ("rl.vmr.prefix_kl_beta", self.rl.vmr.prefix_kl_beta)):
+            if beta is not None and beta < 0:
+                raise ValueError(f"{name} must be >= 0 (0: no KL term), got {beta}")
         from varrl.algorithms.stages import parse_alternation
 
         parse_alternation(self.rl.alternation)  # a bad pattern fails at load time, naming the key

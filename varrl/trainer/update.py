@@ -30,6 +30,7 @@ class UpdatePlan:
     weights: list[float] | None = None  # per trained step (None: all 1)
     masks: list[torch.Tensor] | None = None  # per trained step (same order), [B, n_t] in {0, 1}; None: all on
     mask_kl: bool = False
+    kl_beta: float | None = None  # this update's KL coefficient (None: rl.kl_beta)
 
 
 def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, plan: UpdatePlan,
@@ -42,6 +43,7 @@ def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, pla
     per_step = {t: dict.fromkeys(("ratio", "clip", "kl", "tokens", "mask"), 0.0) for t in plan.steps}
     sums = {"loss": 0.0, "first_dev": 0.0, "entropy": 0.0, "drift": 0.0}
     grad_norm = 0.0
+    beta = rl.kl_beta if plan.kl_beta is None else plan.kl_beta
     for epoch in range(train.epochs):
         optimizer.zero_grad(set_to_none=True)
         for c, rows in enumerate(chunks):
@@ -51,11 +53,11 @@ def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, pla
                 # The first pass runs the rollout's own weights: its values are the old log-probs,
                 # so the ratio is exactly 1 at the first update (on-policy, no extra forward pass).
                 old[c] = [x.detach() for x in lp]
-                if rl.kl_beta > 0:
+                if beta > 0:
                     with torch.no_grad():
                         ref[c] = ref_policy.logprobs(sub, plan.steps)
             terms, first_dev = _token_terms(lp, old[c], ref[c], adv_B[rows].to(lp[0].device), plan, rows, rl,
-                                            per_step)
+                                            beta, per_step)
             loss_b = aggregate(terms, plan.weights, None)
             (loss_b.sum() / B).backward()
             sums["loss"] += loss_b.detach().sum().item() / B
@@ -93,7 +95,7 @@ def _metrics(per_step: dict, sums: dict, old: list, plan: UpdatePlan, epochs: in
     return m
 
 
-def _token_terms(lp, old, ref, adv_b, plan: UpdatePlan, rows, rl: RlConfig, per_step: dict):
+def _token_terms(lp, old, ref, adv_b, plan: UpdatePlan, rows, rl: RlConfig, beta: float, per_step: dict):
     """Per trained step: the masked policy term plus beta * KL (masked only with mask_kl).
     Accumulates per-step statistics into per_step; returns the terms and max |ratio - 1|."""
     terms, max_dev = [], 0.0
@@ -104,7 +106,7 @@ def _token_terms(lp, old, ref, adv_b, plan: UpdatePlan, rows, rl: RlConfig, per_
         term = pg_Bl if mask is None else pg_Bl * mask
         if ref is not None:
             kl_Bl = k3_kl(lp_t, ref[i])
-            term = term + rl.kl_beta * (kl_Bl * mask if (mask is not None and plan.mask_kl) else kl_Bl)
+            term = term + beta * (kl_Bl * mask if (mask is not None and plan.mask_kl) else kl_Bl)
             st["kl"] += kl_Bl.detach().sum().item()
         terms.append(term)
         ratio = torch.exp(lp_t.detach() - old_t)
