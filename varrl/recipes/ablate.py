@@ -111,8 +111,8 @@ def summarize(root: Path, cells: list[Cell], seeds: int, reference: str | None =
                              "final_step": [e[-1]["step"] for e in evals if e], "curves": evals})
     ref = reference or (cells[0].name if cells else None)
     out["reference"] = ref
-    out["paired"] = [{"name": c["name"], **paired_differences(_finals(c), _finals(next(r for r in out["cells"]
-                                                                                       if r["name"] == ref)))}
+    ref_finals = next((_finals(c) for c in out["cells"] if c["name"] == ref), {})
+    out["paired"] = [{"name": c["name"], **paired_differences(_finals(c), ref_finals)}
                      for c in out["cells"] if c["name"] != ref]
     atomic_write_text(root / "ablation.json", json.dumps(out, indent=1))
 

@@ -146,6 +146,16 @@ class RlConfig:
     panw: PanwConfig = field(default_factory=PanwConfig)
     mp: MpConfig = field(default_factory=MpConfig)
 
+    def kl_beta_for(self, stage: str) -> float:
+        """The KL coefficient of an update of `stage` ('full', 'prefix' or 'suffix')."""
+        if stage == "prefix" and self.vmr.prefix_kl_beta is not None:
+            return self.vmr.prefix_kl_beta
+        return self.kl_beta
+
+    def uses_kl(self) -> bool:
+        """Whether any update of this config has a KL term (else no reference copy is kept)."""
+        return self.kl_beta > 0 or (self.vmr.enabled and self.kl_beta_for("prefix") > 0)
+
 
 @dataclass
 class DataConfig:

@@ -65,8 +65,7 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(cfg.run.seed)
         self.policy = load_policy(cfg.policy.path, device=pick_device(cfg.policy.device, info), vae=cfg.policy.vae)
-        uses_kl = cfg.rl.kl_beta > 0 or (cfg.rl.vmr.enabled and (cfg.rl.vmr.prefix_kl_beta or 0) > 0)
-        self.ref_policy = copy.deepcopy(self.policy) if uses_kl else None  # frozen start
+        self.ref_policy = copy.deepcopy(self.policy) if cfg.rl.uses_kl() else None  # frozen start
         if self.ref_policy is not None:
             self.ref_policy.model.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(select_trainable(self.policy.model, tc.trainable), lr=tc.lr,
@@ -186,8 +185,7 @@ class Trainer:
             all_steps = batch_step_masks(boxes, (H, W), list(sched.grids), rl.mp.pool, rl.mp.threshold,
                                          rl.mp.dilation)
             masks = [all_steps[t] for t in batch.steps]
-        beta = rl.vmr.prefix_kl_beta if batch.stage == "prefix" else None
-        return UpdatePlan(batch.steps, weights, masks, rl.mp.mask_kl, beta)
+        return UpdatePlan(batch.steps, weights, masks, rl.mp.mask_kl, rl.kl_beta_for(batch.stage))
 
     def evaluate(self, at: int) -> None:
         tc = self.cfg.train
