@@ -133,10 +133,8 @@ class NanoPolicy:
         `steps`: 0-based steps to return (default all of the trajectory's)."""
         s = traj.sampler
         idx = [i.to(self.device) for i in traj.idx]
-        with torch.no_grad():
-            inputs = self._teacher_inputs(idx)
-        cond, *rest = [self.model(ctx, inputs).float() for ctx in self._branches(traj.prompts, s.rescore_needs_uncond)]
-        uncond = rest[0] if rest else None
+        cond = self.teacher_logits(traj)
+        uncond = self.teacher_logits(traj, uncond=True) if s.rescore_needs_uncond else None
         off, T = self.schedule.offsets, self.schedule.num_steps
         out = []
         # Each step's logits as a contiguous [B, n_t, V] tensor, as sampling had them: softmax over
@@ -145,6 +143,13 @@ class NanoPolicy:
         for k in range(traj.num_steps) if steps is None else steps:
             out.append(token_logprobs(step(cond, k), step(uncond, k), s.guidance(k, T), s, idx[k]))
         return out
+
+    def teacher_logits(self, traj: Trajectory, uncond: bool = False) -> torch.Tensor:
+        """The raw logits [B, L, V] of every stored step in one teacher-forced pass, of the
+        conditional branch (or the unconditional one): what `logprobs` scores. Differentiable."""
+        with torch.no_grad():
+            inputs = self._teacher_inputs([i.to(self.device) for i in traj.idx])
+        return self.model(self._context(traj.prompts, uncond), inputs).float()
 
     def _teacher_inputs(self, idx: list[torch.Tensor]) -> torch.Tensor:
         q = self.tokenizer.quantizer

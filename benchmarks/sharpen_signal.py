@@ -1,0 +1,109 @@
+"""How many rollouts does the policy gradient need to find the one direction known to help?
+
+Sampling the shipped nano model at a lower temperature raises its held-out reward
+(`benchmarks/eval_noise.py --temperatures 1.0,0.7`), so sharpening is a direction with a real
+gain. Scaling grid t's logits by beta_t is that direction, one scalar per grid. From one image
+the policy gradient estimates dE[R]/dbeta_t as A * S_t: A is the image's group-centred reward
+and S_t = d log p(image) / d beta_t, the sum over the grid's tokens of (logit of the drawn token
+- the logits' mean under the policy). On real GRPO batches (`train.prompts_per_step` x
+`train.group_size`, the real OCR reward) the script prints, per grid and in total, that estimate
+with its standard error and its per-image signal-to-noise ratio. It also measures the same slope
+by a finite difference: the same prompts and noise seeds sampled at `--temperature`. From the
+two it prints how many images the score-function estimate needs before its sign is 2 standard
+errors clear, beside the number of images the configured run samples.
+
+If even this one scalar direction needs more images than a run draws, the full update (millions
+of directions, each with its own noise) cannot be expected to find a held-out gain in that run.
+
+    python benchmarks/sharpen_signal.py [--batches 8] [--temperature 0.7] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from varrl.config import load_config
+from varrl.eval.signal import centred_rewards, sharpen_scores
+from varrl.trainer.config import TrainRunConfig, apply_method_preset
+from varrl.trainer.dist import DistInfo
+from varrl.trainer.loop import Trainer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, default=8, help="batches of the configured size to draw")
+    ap.add_argument("--temperature", type=float, default=0.7,
+                    help="the sharper arm of the finite difference (beta = 1 / temperature)")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    if not 0 < args.temperature < 1:
+        ap.error(f"--temperature must be in (0, 1) to sharpen, got {args.temperature}")
+    cfg = load_config(TrainRunConfig, None, ["rl.method=grpo", *args.overrides, "train.eval_prompts=1"],
+                      apply_method_preset)
+    if cfg.rl.vmr.enabled:
+        ap.error("sharpen_signal.py measures full trajectories: drop the VMR overrides (it runs rl.method=grpo)")
+    if cfg.sampler.temperature != 1.0 or cfg.sampler.cfg or cfg.sampler.top_k or cfg.sampler.top_p:
+        ap.error("sharpen_signal.py needs the plain sampler (temperature 1, no CFG, no truncation): "
+                 "the score S is the derivative at beta = 1 of the untouched logits")
+    P, base = cfg.train.prompts_per_step, cfg.sampler
+    rows, diffs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
+        try:
+            offsets = list(tr.policy.schedule.offsets)
+            for b in range(args.batches):
+                records = [tr.train_prompts[b * P + i] for i in range(P)]
+                means = []
+                # Both arms draw the same prompts from the same noise seed: the difference is paired.
+                for temp in (1.0, args.temperature):
+                    tr.cfg.sampler = replace(base, temperature=temp)
+                    tr.gen.manual_seed(b)
+                    batch = tr.rollout(b, records)
+                    means.append(float(batch.returns.nanmean()))
+                    if temp == 1.0:
+                        with torch.no_grad():
+                            logits = tr.policy.teacher_logits(batch.traj)
+                        S = sharpen_scores(logits, torch.cat(batch.traj.idx, 1), offsets)
+                        A = centred_rewards(batch.returns.float(), batch.traj.group)
+                        keep = torch.isfinite(A)
+                        rows.append((A[keep, None] * S[keep]).numpy())
+                diffs.append(means[1] - means[0])
+                print(f"batch {b + 1}/{args.batches}: mean reward {means[0]:.3f} at temperature 1, "
+                      f"{means[1]:.3f} at {args.temperature}", flush=True)
+        finally:
+            tr.reward.close()
+    G = np.concatenate(rows)
+    n = len(G)
+    run_images = cfg.train.steps * P * cfg.train.group_size
+    print(f"\n{n} images per arm; the configured run samples {run_images} ({cfg.train.steps} steps x {P} x "
+          f"{cfg.train.group_size})")
+    print("score-function estimate (what the policy gradient sees), per image: A * S")
+    print(" grid    h x w  dE[R]/dbeta    s.e.  per-image SNR")
+    grids = tr.policy.schedule.grids
+    cols = [(f"{t + 1:>5}  {h:>3} x {w:<3}", G[:, t]) for t, (h, w) in enumerate(grids)]
+    cols.append(("all grids      ", G.sum(1)))
+    for name, g in cols:
+        mean, sd = float(g.mean()), float(g.std(ddof=1))
+        print(f"{name}  {mean:+11.4f}  {sd / np.sqrt(n):6.4f}  {mean / sd if sd > 0 else float('nan'):+13.4f}")
+    d_beta = 1.0 / args.temperature - 1.0
+    slope = float(np.mean(diffs)) / d_beta
+    slope_se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) / d_beta if len(diffs) > 1 else float("nan")
+    sd_all = float(G.sum(1).std(ddof=1))
+    print(f"finite difference (temperature 1 -> {args.temperature}, beta +{d_beta:.3f}, paired batches): "
+          f"dE[R]/dbeta = {slope:+.4f} +- {slope_se:.4f} (s.e.)")
+    if slope > 0:
+        need = 4.0 * sd_all**2 / slope**2
+        print(f"images before the score-function estimate of that slope is 2 s.e. clear of 0: {need:.0f} "
+              f"(per-image std {sd_all:.2f} / slope {slope:.3f}), {need / run_images:.1f}x what the run samples")
+    else:
+        print("the finite difference found no gain from sharpening at this temperature: nothing to detect")
+
+
+if __name__ == "__main__":
+    main()

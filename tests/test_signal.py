@@ -1,0 +1,56 @@
+"""The policy-gradient signal diagnostics: the sharpening score is the derivative it claims to be,
+and A * S estimates dE[R]/dbeta without bias."""
+
+import torch
+
+from varrl.eval.signal import centred_rewards, sharpen_scores
+from varrl.policy.sampler import SamplerConfig
+
+PROMPTS = ['the text "OPEN" in red on a white background', 'the text "CAFE" in blue on a black background']
+
+
+def test_sharpen_scores_is_the_derivative_in_beta():
+    torch.manual_seed(0)
+    offsets = [0, 1, 5, 14]
+    logits_BLV = torch.randn(3, 14, 7) * 2
+    idx_BL = torch.randint(0, 7, (3, 14))
+    beta_T = torch.ones(3, len(offsets) - 1, requires_grad=True)
+    total = 0.0
+    for t, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+        lp = (beta_T[:, t, None, None] * logits_BLV[:, a:b]).log_softmax(-1)
+        total = total + lp.gather(-1, idx_BL[:, a:b, None]).sum()
+    total.backward()
+    assert torch.allclose(sharpen_scores(logits_BLV, idx_BL, offsets), beta_T.grad, atol=1e-5)
+
+
+def test_centred_rewards_by_hand():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0])
+    group = torch.tensor([0, 0, 0, 1, 1])
+    # group 0: mean 2, scale 3/2; group 1: mean 15, scale 2/1
+    assert torch.allclose(centred_rewards(rewards, group), torch.tensor([-1.5, 0.0, 1.5, -10.0, 10.0]))
+
+
+def test_a_times_s_estimates_the_temperature_derivative():
+    """One grid of one token over 4 values, reward = the value's index: E[A * S] is dE[R]/dbeta."""
+    logits = torch.tensor([0.5, -1.0, 1.5, 0.0])
+    reward_of = torch.arange(4.0)
+    beta = torch.tensor(1.0, requires_grad=True)
+    (torch.softmax(beta * logits, -1) @ reward_of).backward()
+    exact = beta.grad.item()
+    gen = torch.Generator().manual_seed(0)
+    n_groups, G = 40_000, 4
+    idx = torch.multinomial(logits.softmax(-1), n_groups * G, replacement=True, generator=gen)
+    S = sharpen_scores(logits.expand(len(idx), 1, 4), idx[:, None], [0, 1])[:, 0]
+    A = centred_rewards(reward_of[idx], torch.arange(n_groups).repeat_interleave(G))
+    estimate, se = (A * S).mean().item(), (A * S).std().item() / len(idx) ** 0.5
+    assert abs(estimate - exact) < 3 * se
+    assert 3 * se < 0.1 * abs(exact)  # tight enough that leaving out the G/(G-1) factor would fail
+
+
+def test_teacher_logits_are_what_logprobs_score(tiny_policy):
+    traj = tiny_policy.rollout(PROMPTS, n=2, sampler=SamplerConfig(cfg=0.0), generator=torch.Generator().manual_seed(3))
+    logits = tiny_policy.teacher_logits(traj)
+    off = tiny_policy.schedule.offsets
+    for k, lp in enumerate(tiny_policy.logprobs(traj)):
+        mine = logits[:, off[k]:off[k + 1]].log_softmax(-1).gather(-1, traj.idx[k][..., None]).squeeze(-1)
+        assert torch.allclose(mine, lp, atol=1e-5)
