@@ -44,6 +44,9 @@ def test_train_writes_the_run_directory(tiny_dir, tmp_path):
     assert [e["step"] for e in report["eval"]] == [0, 2, 4]
     assert set(report["eval"][0]) >= {"step", "reward_mean", "word_acc", "ned", "reward_sem"}
     assert all(e["reward_sem"] > 0 for e in report["eval"])  # 4 prompts of different brightness
+    kl = report["kl_to_start"]  # var_rl, fine alternation over 4 steps: prefix, prefix, prefix, suffix
+    assert {k: v["updates"] for k, v in kl.items()} == {"prefix": 3, "suffix": 1}
+    assert "KL to the starting policy" in (run / "report.md").read_text()
     step1 = next(m for m in metrics(run) if m["step"] == 1 and "reward/mean" in m)
     for k in ("reward/mean", "reward/brightness", "policy/kl", "policy/clipfrac", "policy/ratio_mean",
               "policy/entropy", "perf/rollout_s", "perf/reward_s", "perf/update_s", "perf/images_per_s"):
@@ -173,3 +176,26 @@ def test_standard_error_by_hand():
     assert standard_error([1.0, 2.0, float("nan"), 3.0, 6.0]) == pytest.approx(math.sqrt(14 / 3) / 2)
     assert standard_error([2.0, float("nan")]) is None  # one finite value: no spread to report
 
+
+
+def test_kl_by_stage_by_hand():
+    from varrl.trainer.report import kl_by_stage
+
+    recs = [{"step": 0, "eval/reward_mean": 1.0}]  # an evaluation: no update, no KL
+    recs += [{"step": i + 1, "policy/kl": kl, "stage/prefix/kl": kl} for i, kl in enumerate([0.0, 0.4, 0.2, 0.3])]
+    recs += [{"step": 5, "policy/kl": 0.05, "stage/suffix/kl": 0.05}]
+    assert kl_by_stage(recs) == {
+        "prefix": {"updates": 4, "last": 0.3, "max": 0.4, "late_min": 0.2, "late_max": 0.3},  # later half: 0.2, 0.3
+        "suffix": {"updates": 1, "last": 0.05, "max": 0.05, "late_min": 0.05, "late_max": 0.05}}
+    assert kl_by_stage([{"step": 1, "policy/kl": 0.1}])["full"]["updates"] == 1  # plain GRPO
+
+
+def test_wall_time_counts_every_session_of_a_run(tiny_dir, tmp_path):
+    assert main(["train", *tiny_args(tiny_dir, tmp_path, "w", "train.steps=2")]) == 0
+    run = tmp_path / "w"
+    first = json.loads((run / "report.json").read_text())["wall_s"]
+    at_ckpt = json.loads((run / "checkpoints" / "step_00000002" / "state.json").read_text())["wall_s"]
+    assert 0 < at_ckpt <= first
+    # Resuming the finished run only rewrites its report: the recorded time must survive it.
+    assert main(["train", "--resume", str(run)]) == 0
+    assert json.loads((run / "report.json").read_text())["wall_s"] >= round(at_ckpt, 1)

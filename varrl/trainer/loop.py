@@ -78,12 +78,13 @@ class Trainer:
             if isinstance(source, (JsonlPrompts, ClassPrompts)):
                 source.check(lambda p: self.policy.check_prompts([p]))
         self.policy.check_prompts([r.prompt for r in self.eval_records])
-        self.start = 0
+        self.start, self.wall_before = 0, 0.0
         ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
         if ckpt is not None:
             state, rng = load_train_checkpoint(ckpt, self.policy.model, self.optimizer, info.rank, info.world)
             rng.restore(self.gen)
             self.start = state["step"]
+            self.wall_before = float(state.get("wall_s", 0.0))  # checkpoints before this field: unknown, 0
         self.writer = RunWriter(run_dir, self.start if resume else None) if info.main else None
         self.reward = build_reward(cfg.reward)
         self.mine = info.shard(tc.prompts_per_step)
@@ -203,7 +204,7 @@ class Trainer:
         rngs = gather_objects(self.info, RngState.capture(self.gen))
         if self.info.main:
             save_train_checkpoint(self.run_dir / "checkpoints", at, self.policy.model, self.optimizer, rngs,
-                                  {"data_position": at * self.cfg.train.prompts_per_step},
+                                  {"data_position": at * self.cfg.train.prompts_per_step, "wall_s": self.wall_s()},
                                   self.cfg.train.keep_checkpoints)
             save_policy(self.policy, self.run_dir / "last", {"trained": {"rl_steps": at, "run": self.run_dir.name}})
         barrier(self.info)
@@ -216,7 +217,13 @@ class Trainer:
         tc = self.cfg.train
         return write_report(self.run_dir, {"steps": tc.steps, "eval_prompts": tc.eval_prompts,
                                            "method": self.cfg.rl.method,
-                                           "wall_s": round(time.perf_counter() - self.t_start, 1)})
+                                           "wall_s": round(self.wall_s(), 1)})
+
+    def wall_s(self) -> float:
+        """Seconds this run has trained, over all its sessions up to now: a resumed run adds the
+        time its checkpoint recorded (time lost after the last checkpoint of a killed session is
+        not counted, as those steps are redone)."""
+        return self.wall_before + time.perf_counter() - self.t_start
 
 
 def train(cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool) -> dict | None:

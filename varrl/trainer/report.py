@@ -97,6 +97,23 @@ def eval_rows(records: list[dict]) -> list[dict]:
              "word_acc": r.get("eval/word_acc"), "ned": r.get("eval/ned")} for r in records if "eval/reward_mean" in r]
 
 
+def kl_by_stage(records: list[dict]) -> dict[str, dict]:
+    """Per update stage ("full", or VMR's "prefix" and "suffix"): how far the policy is from the
+    start, as the KL per token each update measured on its batch: the number of updates, the
+    last, the largest, and the range over the later half of the stage's updates (where drift shows)."""
+    series: dict[str, list[float]] = {}
+    for r in records:
+        if "policy/kl" not in r:
+            continue
+        stage = next((k.split("/")[1] for k in r if k.startswith("stage/") and k.endswith("/kl")), "full")
+        series.setdefault(stage, []).append(float(r["policy/kl"]))
+    out = {}
+    for stage, kl in series.items():
+        late = kl[len(kl) // 2:]
+        out[stage] = {"updates": len(kl), "last": kl[-1], "max": max(kl), "late_min": min(late), "late_max": max(late)}
+    return out
+
+
 def plot_rewards(run_dir: Path) -> Path:
     """plots/reward.png: the training reward per step and the held-out evaluations."""
     import matplotlib
@@ -133,7 +150,8 @@ def write_report(run_dir: Path, summary: dict) -> dict:
     """report.json ({"eval": [{step, reward_mean, word_acc, ned}, ...], ...}) and report.md."""
     recs = read_metrics(run_dir)
     evals = eval_rows(recs)
-    report = {"eval": evals, **summary}
+    kl = kl_by_stage(recs)
+    report = {"eval": evals, "kl_to_start": kl, **summary}
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
 
     def fmt(v):
@@ -148,6 +166,11 @@ def write_report(run_dir: Path, summary: dict) -> dict:
     lines += ["| step | reward | +- s.e. | word acc | NED |", "|---:|---:|---:|---:|---:|"]
     lines += [f"| {e['step']} | {fmt(e['reward_mean'])} | {fmt(e['reward_sem'])} | {fmt(e['word_acc'])} | "
               f"{fmt(e['ned'])} |" for e in evals]
+    if kl:
+        lines += ["", "KL to the starting policy per token, as each update measured it:", "",
+                  "| stage | updates | later half: min - max | largest | last |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {st} | {v['updates']} | {v['late_min']:.3f} - {v['late_max']:.3f} | {v['max']:.3f} | "
+                  f"{v['last']:.3f} |" for st, v in kl.items()]
     lines += ["", "![reward](plots/reward.png)", ""]
     grids = sorted((run_dir / "samples").glob("step_*.png"))
     if grids:
