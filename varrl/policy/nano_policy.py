@@ -133,8 +133,10 @@ class NanoPolicy:
         `steps`: 0-based steps to return (default all of the trajectory's)."""
         s = traj.sampler
         idx = [i.to(self.device) for i in traj.idx]
-        cond = self.teacher_logits(traj)
-        uncond = self.teacher_logits(traj, uncond=True) if s.rescore_needs_uncond else None
+        with torch.no_grad():
+            inputs = self._teacher_inputs(idx)  # shared by both branches
+        cond = self.teacher_logits(traj, inputs=inputs)
+        uncond = self.teacher_logits(traj, uncond=True, inputs=inputs) if s.rescore_needs_uncond else None
         off, T = self.schedule.offsets, self.schedule.num_steps
         out = []
         # Each step's logits as a contiguous [B, n_t, V] tensor, as sampling had them: softmax over
@@ -144,11 +146,14 @@ class NanoPolicy:
             out.append(token_logprobs(step(cond, k), step(uncond, k), s.guidance(k, T), s, idx[k]))
         return out
 
-    def teacher_logits(self, traj: Trajectory, uncond: bool = False) -> torch.Tensor:
+    def teacher_logits(self, traj: Trajectory, uncond: bool = False,
+                       inputs: torch.Tensor | None = None) -> torch.Tensor:
         """The raw logits [B, L, V] of every stored step in one teacher-forced pass, of the
-        conditional branch (or the unconditional one): what `logprobs` scores. Differentiable."""
-        with torch.no_grad():
-            inputs = self._teacher_inputs([i.to(self.device) for i in traj.idx])
+        conditional branch (or the unconditional one): what `logprobs` scores. Differentiable.
+        `inputs`: the trajectory's teacher inputs when the caller already built them."""
+        if inputs is None:
+            with torch.no_grad():
+                inputs = self._teacher_inputs([i.to(self.device) for i in traj.idx])
         return self.model(self._context(traj.prompts, uncond), inputs).float()
 
     def _teacher_inputs(self, idx: list[torch.Tensor]) -> torch.Tensor:
