@@ -28,6 +28,9 @@ def test_centred_rewards_by_hand():
     group = torch.tensor([0, 0, 0, 1, 1])
     # group 0: mean 2, scale 3/2; group 1: mean 15, scale 2/1
     assert torch.allclose(centred_rewards(rewards, group), torch.tensor([-1.5, 0.0, 1.5, -10.0, 10.0]))
+    # a NaN reward ("not applicable") stays NaN and leaves its group: mean 2 of two rows, scale 2/1
+    assert torch.allclose(centred_rewards(torch.tensor([1.0, float("nan"), 3.0]), torch.zeros(3, dtype=torch.long)),
+                          torch.tensor([-2.0, float("nan"), 2.0]), equal_nan=True)
 
 
 def test_a_times_s_estimates_the_temperature_derivative():

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from varrl.algorithms.grpo import group_advantages
+
 
 def sharpen_scores(logits_BLV: torch.Tensor, idx_BL: torch.Tensor, offsets: list[int]) -> torch.Tensor:
     """S [B, T]: d log p / d beta_t at beta = 1 when grid t's logits are multiplied by beta_t."""
@@ -15,11 +17,11 @@ def sharpen_scores(logits_BLV: torch.Tensor, idx_BL: torch.Tensor, offsets: list
 
 
 def centred_rewards(rewards_B: torch.Tensor, group_B: torch.Tensor) -> torch.Tensor:
-    """R - its group mean, scaled by G/(G-1) so that E[A * S] = Cov(R, S) exactly (S has mean 0
-    and is independent of the other members of its group)."""
-    out = torch.empty_like(rewards_B)
-    for g in group_B.unique():
-        at = group_B == g
-        n = int(at.sum())
-        out[at] = (rewards_B[at] - rewards_B[at].mean()) * (n / max(n - 1, 1))
-    return out
+    """GRPO's unnormalised advantages (R - its group mean), scaled by n/(n-1) for a group of n
+    valid rows so that E[A * S] = Cov(R, S) exactly (S has mean 0 and is independent of the other
+    members of its group). NaN rewards stay NaN: callers drop those rows."""
+    valid_B = ~torch.isnan(rewards_B)
+    _, inv = torch.unique(group_B, return_inverse=True)
+    n_B = torch.zeros(int(inv.max()) + 1, dtype=torch.float64).index_add_(0, inv, valid_B.double())[inv]
+    adv_B = group_advantages(rewards_B, group_B, "none").double() * n_B / (n_B - 1).clamp(min=1)
+    return torch.where(valid_B, adv_B, torch.full_like(adv_B, float("nan"))).to(rewards_B.dtype)
