@@ -117,6 +117,16 @@ class MpConfig:
     """gate the KL term too (default: the KL keeps the whole image anchored)"""
 
 
+@dataclass
+class CharCreditConfig:
+    """Character-level credit (varrl.algorithms.char_credit): with the OCR reward, the tokens of each
+    read letter take that letter's own group advantage (read as asked or not) instead of the image's."""
+
+    enabled: bool = False
+    outside: Literal["image", "zero"] = "image"
+    """what the part of a cell outside every letter takes: the image's advantage, or nothing"""
+
+
 METHOD_PRESETS: dict[str, dict] = {
     "grpo": {"vmr": {"enabled": False}, "panw": {"alpha": None}, "mp": {"enabled": False}},
     "var_rl": {"vmr": {"enabled": True}, "panw": {"alpha": 0.6}, "mp": {"enabled": True}, "alternation": "fine"},
@@ -145,6 +155,7 @@ class RlConfig:
     of train.steps, then suffix updates) or 'a:b'"""
     panw: PanwConfig = field(default_factory=PanwConfig)
     mp: MpConfig = field(default_factory=MpConfig)
+    char_credit: CharCreditConfig = field(default_factory=CharCreditConfig)
 
     def kl_beta_for(self, stage: str) -> float:
         """The KL coefficient of an update of `stage` ('full', 'prefix' or 'suffix')."""
