@@ -8,14 +8,16 @@ and S_t = d log p(image) / d beta_t, the sum over the grid's tokens of (logit of
 - the logits' mean under the policy). On real GRPO batches (`train.prompts_per_step` x
 `train.group_size`, the real OCR reward) the script prints, per grid and in total, that estimate
 with its standard error and its per-image signal-to-noise ratio. It also measures the same slope
-by a finite difference: the same prompts and noise seeds sampled at `--temperature`. From the
+by a finite difference: the same prompts and noise seeds sampled at `--temperature`. A run that
+samples at its own `sampler.temperature` T0 (no CFG, no truncation) is measured around T0: its
+logits are z / T0, beta = 1 is T0 itself, and the sharper arm defaults to 0.7 * T0. From the
 two it prints how many images the score-function estimate needs before its sign is 2 standard
 errors clear, beside the number of images the configured run samples.
 
 If even this one scalar direction needs more images than a run draws, the full update (millions
 of directions, each with its own noise) cannot be expected to find a held-out gain in that run.
 
-    python benchmarks/sharpen_signal.py [--batches 8] [--temperature 0.7] [key=value ...]
+    python benchmarks/sharpen_signal.py [--batches 8] [--temperature T] [key=value ...]
 """
 
 from __future__ import annotations
@@ -38,20 +40,25 @@ from varrl.trainer.loop import Trainer
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=8, help="batches of the configured size to draw")
-    ap.add_argument("--temperature", type=float, default=0.7,
-                    help="the sharper arm of the finite difference (beta = 1 / temperature)")
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="the sharper arm of the finite difference (beta = T0 / temperature, T0 = the run's "
+                         "sampler.temperature; default 0.7 * T0)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    if not 0 < args.temperature < 1:
-        ap.error(f"--temperature must be in (0, 1) to sharpen, got {args.temperature}")
     cfg = load_config(TrainRunConfig, None, ["rl.method=grpo", *args.overrides, "train.eval_prompts=1"],
                       apply_method_preset)
     if cfg.rl.vmr.enabled:
         ap.error("sharpen_signal.py measures full trajectories: drop the VMR overrides (it runs rl.method=grpo)")
-    if cfg.sampler.temperature != 1.0 or cfg.sampler.cfg or cfg.sampler.top_k or cfg.sampler.top_p:
-        ap.error("sharpen_signal.py needs the plain sampler (temperature 1, no CFG, no truncation): "
-                 "the score S is the derivative at beta = 1 of the untouched logits")
+    if cfg.sampler.cfg or cfg.sampler.top_k or cfg.sampler.top_p:
+        ap.error("sharpen_signal.py needs a sampler without CFG or truncation: the score S is the "
+                 "derivative at beta = 1 of the tempered logits z / T")
     P, base = cfg.train.prompts_per_step, cfg.sampler
+    # The run's own sampling temperature T0 is beta = 1; the sharper arm draws at --temperature.
+    T0 = base.temperature
+    if args.temperature is None:
+        args.temperature = round(0.7 * T0, 6)
+    if not 0 < args.temperature < T0:
+        ap.error(f"--temperature must be in (0, {T0}) to sharpen the run's sampler, got {args.temperature}")
     rows, diffs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
@@ -61,20 +68,20 @@ def main() -> None:
                 records = [tr.train_prompts[b * P + i] for i in range(P)]
                 means = []
                 # Both arms draw the same prompts from the same noise seed: the difference is paired.
-                for temp in (1.0, args.temperature):
+                for temp in (T0, args.temperature):
                     tr.cfg.sampler = replace(base, temperature=temp)
                     tr.gen.manual_seed(b)
                     batch = tr.rollout(b, records)
                     means.append(float(batch.returns.nanmean()))
-                    if temp == 1.0:
+                    if temp == T0:
                         with torch.no_grad():
-                            logits = tr.policy.teacher_logits(batch.traj)
+                            logits = tr.policy.teacher_logits(batch.traj) / T0
                         S = sharpen_scores(logits, torch.cat(batch.traj.idx, 1), offsets)
                         A = centred_rewards(batch.returns.float(), batch.traj.group)
                         keep = torch.isfinite(A)
                         rows.append((A[keep, None] * S[keep]).numpy())
                 diffs.append(means[1] - means[0])
-                print(f"batch {b + 1}/{args.batches}: mean reward {means[0]:.3f} at temperature 1, "
+                print(f"batch {b + 1}/{args.batches}: mean reward {means[0]:.3f} at temperature {T0}, "
                       f"{means[1]:.3f} at {args.temperature}", flush=True)
         finally:
             tr.reward.close()
@@ -91,11 +98,11 @@ def main() -> None:
     for name, g in cols:
         mean, sd = float(g.mean()), float(g.std(ddof=1))
         print(f"{name}  {mean:+11.4f}  {sd / np.sqrt(n):6.4f}  {mean / sd if sd > 0 else float('nan'):+13.4f}")
-    d_beta = 1.0 / args.temperature - 1.0
+    d_beta = T0 / args.temperature - 1.0
     slope = float(np.mean(diffs)) / d_beta
     slope_se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) / d_beta if len(diffs) > 1 else float("nan")
     sd_all = float(G.sum(1).std(ddof=1))
-    print(f"finite difference (temperature 1 -> {args.temperature}, beta +{d_beta:.3f}, paired batches): "
+    print(f"finite difference (temperature {T0} -> {args.temperature}, beta +{d_beta:.3f}, paired batches): "
           f"dE[R]/dbeta = {slope:+.4f} +- {slope_se:.4f} (s.e.)")
     if slope > 0:
         need = 4.0 * sd_all**2 / slope**2
