@@ -30,11 +30,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from varrl.algorithms.grpo import group_advantages
 from varrl.config import load_config
-from varrl.eval.signal import centred_rewards, sharpen_scores
+from varrl.eval.signal import centred_rewards, sharpen_scores, sharpen_token_scores
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import DistInfo
 from varrl.trainer.loop import Trainer
+
+
+def normalised_estimates(tr: Trainer, batch, s_BL: torch.Tensor, keep: torch.Tensor) -> np.ndarray:
+    """Per image [B, 2]: the sharpening estimate with the run's own advantages (group-normalised as
+    rl.adv_norm says), once with the image's advantage on every token and once with the per-token
+    advantages the run's update uses (character-level credit; the same as the first without it)."""
+    rl = tr.cfg.rl
+    adv = group_advantages(batch.returns.float(), batch.traj.group, rl.adv_norm, clip=rl.adv_clip)
+    rows = torch.nonzero(keep).flatten()
+    plan = tr.plan(batch, rows, adv[rows])
+    image = adv[rows] * s_BL[rows].sum(1)
+    if plan.token_adv is None:
+        return torch.stack([image, image], 1).numpy()
+    token = sum((a * s_BL[rows][:, o: o + a.shape[1]]).sum(1)
+                for a, o in zip(plan.token_adv, tr.policy.schedule.offsets))
+    return torch.stack([image, token], 1).numpy()
 
 
 def main() -> None:
@@ -59,7 +76,7 @@ def main() -> None:
         args.temperature = round(0.7 * T0, 6)
     if not 0 < args.temperature < T0:
         ap.error(f"--temperature must be in (0, {T0}) to sharpen the run's sampler, got {args.temperature}")
-    rows, diffs = [], []
+    rows, diffs, norm = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
         try:
@@ -76,10 +93,12 @@ def main() -> None:
                     if temp == T0:
                         with torch.no_grad():
                             logits = tr.policy.teacher_logits(batch.traj) / T0
-                        S = sharpen_scores(logits, torch.cat(batch.traj.idx, 1), offsets)
+                        idx = torch.cat(batch.traj.idx, 1)
+                        S = sharpen_scores(logits, idx, offsets)
                         A = centred_rewards(batch.returns.float(), batch.traj.group)
                         keep = torch.isfinite(A)
                         rows.append((A[keep, None] * S[keep]).numpy())
+                        norm.append(normalised_estimates(tr, batch, sharpen_token_scores(logits, idx), keep))
                 diffs.append(means[1] - means[0])
                 print(f"batch {b + 1}/{args.batches}: mean reward {means[0]:.3f} at temperature {T0}, "
                       f"{means[1]:.3f} at {args.temperature}", flush=True)
@@ -110,6 +129,17 @@ def main() -> None:
               f"(per-image std {sd_all:.2f} / slope {slope:.3f}), {need / run_images:.1f}x what the run samples")
     else:
         print("the finite difference found no gain from sharpening at this temperature: nothing to detect")
+    N = np.concatenate(norm)
+    print("\nwith the run's own normalised advantages (scale-free: sign-detection images = 4 / SNR^2 at the "
+          "estimate's own mean)")
+    for name, g in (("image advantage on every token", N[:, 0]),
+                    ("the update's per-token advantages" + ("" if cfg.rl.char_credit.enabled else " (the same)"),
+                     N[:, 1])):
+        mean, sd = float(g.mean()), float(g.std(ddof=1))
+        snr = mean / sd if sd > 0 else float("nan")
+        need = 4.0 / snr**2 if snr > 0 else float("inf")
+        print(f"  {name:<48} mean {mean:+.4f} +- {sd / np.sqrt(len(g)):.4f}  per-image SNR {snr:+.4f}  "
+              f"images {need:.0f}")
 
 
 if __name__ == "__main__":
