@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from varrl.models.nano import NanoVAR, fork_caches, fork_context, gather_contexts
-from varrl.models.text import batch_prompts
+from varrl.models.text import batch_prompts, normalize_prompt
 from varrl.models.tokenizer import VQTokenizer
 from varrl.policy.sampler import SamplerConfig, draw, sampling_logits, token_logprobs
 from varrl.policy.trajectory import Trajectory
@@ -38,6 +38,9 @@ class NanoPolicy:
 
     def check_prompts(self, prompts: list[str]) -> None:
         batch_prompts(list(prompts), self.model.cfg.max_text_len)
+
+    def prompt_text(self, text: str) -> str:
+        return normalize_prompt(text)
 
     def _fork_context(self, ctx: dict, n: int) -> dict:
         return fork_context(ctx, n)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from varrl.config_checks import at_least, check_ranges
 from varrl.eval.textmetrics import ned_similarity, quoted_words, word_hits
 from varrl.ocr import OcrConfig, OcrPool, OcrWord
 from varrl.rewards.base import Pending, Reward, RewardResult, check_inputs
@@ -140,6 +141,9 @@ class TextOcrConfig:
     workers: int = 1
     """OCR worker processes (0: read in this process)"""
     ocr: OcrConfig = field(default_factory=OcrConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"lam": at_least(0), "workers": at_least(0, "(0: read in this process)")})
 
 
 class TextOcrReward(Reward):

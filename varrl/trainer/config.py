@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from varrl.config import RunConfig
+from varrl.config_checks import Range, at_least, check_device_name, check_ranges, positive, seed_range
+from varrl.config_types import FieldError
 from varrl.data.synth import SynthConfig
 from varrl.policy.sampler import SamplerConfig
 from varrl.rewards import RewardConfig
@@ -38,6 +40,9 @@ class PolicyConfig:
     """tokenizer file of a VAR checkpoint (default: vae_ch160v4096z32.pth beside it)"""
     device: str = "cpu"
     """torch device: 'cpu', 'cuda', 'cuda:1' or 'auto' (under torchrun, cuda means cuda:<local rank>)"""
+
+    def __post_init__(self) -> None:
+        check_device_name(self, "device")
 
 
 @dataclass
@@ -77,6 +82,24 @@ class TrainConfig:
     threads: int = 0
     """torch intra-op threads (0: torch's default)"""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {
+            "steps": at_least(1), "prompts_per_step": at_least(1),
+            "group_size": at_least(2, "(GRPO compares samples within a group)"), "lr": positive,
+            "warmup": at_least(0), "weight_decay": at_least(0), "betas": Range(0, 1, hi_open=True),
+            "grad_clip": at_least(0, "(0: no clipping)"), "epochs": at_least(1), "micro_batch": at_least(1),
+            "eval_every": at_least(0, "(0: only at the start and the end)"), "eval_prompts": at_least(1),
+            "eval_seed": seed_range, "save_every": at_least(1, "(the last step is always saved)"),
+            "keep_checkpoints": at_least(1, "(how many of the newest to keep; a large number keeps all)"),
+            "samples_in_grid": at_least(1), "threads": at_least(0, "(0: torch's default)")})
+        if self.trainable is not None:
+            import re
+
+            try:
+                re.compile(self.trainable)
+            except re.error as e:
+                raise FieldError("trainable", f"is not a regular expression ({e}): {self.trainable!r}") from None
+
 
 @dataclass
 class VmrConfig:
@@ -96,11 +119,18 @@ class VmrConfig:
     """KL coefficient of the prefix updates, whose two stages the paper regularises separately
     (null: rl.kl_beta, which the suffix and plain updates always use)"""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {"k": at_least(1), "eta": positive, "suffix_prefixes": at_least(1),
+                            "prefix_kl_beta": at_least(0, "(0: no KL term)")})
+
 
 @dataclass
 class PanwConfig:
     alpha: float | None = 0.6
     """step weight k_t = (h_t*w_t)^-alpha on the sum of the step's token terms (null: off)"""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"alpha": Range(0, 2, note="(the paper uses 0.6; null switches PANW off)")})
 
 
 @dataclass
@@ -115,6 +145,10 @@ class MpConfig:
     """grow the finest-grid mask by this many cells (OCR boxes are tight)"""
     mask_kl: bool = False
     """gate the KL term too (default: the KL keeps the whole image anchored)"""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"threshold": Range(0, 1, lo_open=True, note="(a share of a cell's area)"),
+                            "dilation": at_least(0)})
 
 
 @dataclass
@@ -157,6 +191,10 @@ class RlConfig:
     mp: MpConfig = field(default_factory=MpConfig)
     char_credit: CharCreditConfig = field(default_factory=CharCreditConfig)
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {"adv_clip": positive, "clip_low": Range(0, 1, lo_open=True, hi_open=True),
+                            "clip_high": positive, "kl_beta": at_least(0, "(0: no KL term)")})
+
     def kl_beta_for(self, stage: str) -> float:
         """The KL coefficient of an update of `stage` ('full', 'prefix' or 'suffix')."""
         if stage == "prefix" and self.vmr.prefix_kl_beta is not None:
@@ -197,17 +235,7 @@ class TrainRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
-        t = self.train
-        for name in ("steps", "prompts_per_step", "group_size", "micro_batch", "epochs", "eval_prompts"):
-            if getattr(t, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-        if t.group_size < 2:
-            raise ValueError("train.group_size must be >= 2: GRPO compares samples within a group")
-        if self.rl.vmr.enabled and self.rl.vmr.k < 1:
-            raise ValueError(f"rl.vmr.k must be >= 1, got {self.rl.vmr.k}")
-        for name, beta in (("rl.kl_beta", self.rl.kl_beta), ("rl.vmr.prefix_kl_beta", self.rl.vmr.prefix_kl_beta)):
-            if beta is not None and beta < 0:
-                raise ValueError(f"{name} must be >= 0 (0: no KL term), got {beta}")
+        # Each section checks its own ranges; what is left are rules that span sections.
         from varrl.algorithms.stages import parse_alternation
 
         parse_alternation(self.rl.alternation)  # a bad pattern fails at load time, naming the key

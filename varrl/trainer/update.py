@@ -71,8 +71,8 @@ def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, pla
         if broadcast_flag(info, bad or not math.isfinite(sums["loss"])):
             raise NonFiniteLossError("the loss or its gradient is not finite; the update was not applied")
         average_gradients_(info, params)
-        if train.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip).item()
+        # The norm is logged with clipping off too (an infinite threshold measures without clipping).
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip if train.grad_clip > 0 else math.inf).item()
         optimizer.step()
         if not all(torch.isfinite(p).all() for p in params):
             raise NonFiniteLossError("the update made the weights non-finite")
