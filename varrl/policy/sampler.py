@@ -39,6 +39,9 @@ class SamplerConfig:
     """keep the smallest set of tokens with this total probability (0 or 1: off)"""
     temperature: float = 1.0
     logprob_mode: Literal["plain", "sampling"] = "plain"
+    cfg_insertion_layer: int = 0
+    """where guidance mixes the two branches: 0 on the logits (every model); k < 0 (Infinity
+    only) on the hidden states after block depth+k, the conditional branch continuing with them"""
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -51,6 +54,9 @@ class SamplerConfig:
             raise SamplerConfigError(f"cfg must be >= 0, got {self.cfg}")
         if self.cfg_schedule not in ("linear", "constant"):
             raise SamplerConfigError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
+        if self.cfg_insertion_layer > 0:
+            raise SamplerConfigError(f"cfg_insertion_layer must be 0 (guidance on the logits) or negative (on the "
+                                     f"hidden states after block depth+k), got {self.cfg_insertion_layer}")
         if self.logprob_mode not in ("plain", "sampling"):
             raise SamplerConfigError(f"logprob_mode must be 'plain' or 'sampling', got {self.logprob_mode!r}")
 
