@@ -93,12 +93,12 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, c]
         scale = self.scale_mul_1H11.clamp_max(MAX_LOG_SCALE).exp()
         q = apply_rope(F.normalize(q, dim=-1, eps=1e-12).mul(scale), *rope)
-        k = apply_rope(F.normalize(k, dim=-1, eps=1e-12), *rope)
+        k = apply_rope(F.normalize(k, dim=-1, eps=1e-12), *rope).to(v.dtype)  # cached as v's dtype
         if cache is not None:  # sampling: this scale attends to every earlier scale and itself
             if "k" in cache:
                 k, v = torch.cat((cache["k"], k), dim=2), torch.cat((cache["v"], v), dim=2)
             cache["k"], cache["v"] = k, v
-        out = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, attn_mask=mask_LL, scale=1.0)
+        out = F.scaled_dot_product_attention(q.to(v.dtype), k, v, attn_mask=mask_LL, scale=1.0)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
 
 

@@ -20,6 +20,7 @@ at random (a training regulariser, even in eval mode), which is not part of the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -161,24 +162,33 @@ class Infinity(nn.Module):
 
     def run_blocks(self, x_BLC: torch.Tensor, ctx: dict, lay: dict, lo: int, hi: int, first: int, stop: int,
                    caches: list[dict] | None) -> torch.Tensor:
-        """Blocks first..stop-1 on the tokens of steps lo..hi-1. Teacher forcing (caches None)
-        starts at step 0 and masks block-causally; sampling attends to the caches."""
+        """Blocks first..stop-1 on the tokens of steps lo..hi-1. Without caches the pass starts at
+        step 0 and masks block-causally; with caches the tokens attend to the cached earlier steps
+        and append their own keys/values (sampling, and the policy's scale-by-scale teacher forcing)."""
         a, b = lay["offsets"][lo], lay["offsets"][hi]
         rope = (lay["cos"][a:b], lay["sin"][a:b])
         mask = None if caches is not None else lay["mask"][:b, :b]
         blocks = self.block_list
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for i in range(first, stop):
             cache = None if caches is None else caches[i]
-            if self.grad_checkpointing and torch.is_grad_enabled() and cache is None:
+            if ckpt and cache is None:
                 x_BLC = checkpoint(blocks[i], x_BLC, ctx["gss"], ctx["text"], ctx["mask"], rope, mask, None,
                                    use_reentrant=False)
+            elif ckpt:
+                # The recomputation must not append to the cache again: the block runs on a copy of
+                # the cache's past keys/values and hands back the extended ones.
+                x_BLC, cache["k"], cache["v"] = checkpoint(_block_with_past, blocks[i], x_BLC, ctx["gss"], ctx["text"],
+                                                           ctx["mask"], rope, cache.get("k"), cache.get("v"),
+                                                           use_reentrant=False)
             else:
                 x_BLC = blocks[i](x_BLC, ctx["gss"], ctx["text"], ctx["mask"], rope, mask, cache)
         return x_BLC
 
     def logits(self, x_BLC: torch.Tensor, ctx: dict) -> torch.Tensor:
         """Bit logits [B, L, 2d], in fp32 whatever the autocast (as the release computes them)."""
-        with torch.autocast(x_BLC.device.type, enabled=False):
+        dev = x_BLC.device.type
+        with torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext():
             return self.head(self.head_nm(x_BLC.float(), ctx["cond"].float())).float()
 
     def new_cache(self) -> list[dict]:
@@ -194,6 +204,12 @@ class Infinity(nn.Module):
             raise ValueError(f"{1 + inputs_BLd.shape[1]} tokens do not end at a grid boundary ({lay['offsets']})")
         x = self.embed(ctx, inputs_BLd, lay, 0, m)
         return self.logits(self.run_blocks(x, ctx, lay, 0, m, 0, self.cfg.depth, None), ctx)
+
+
+def _block_with_past(block, x_BLC, gss, text, text_mask, rope, past_k, past_v):
+    cache = {} if past_k is None else {"k": past_k, "v": past_v}
+    y = block(x_BLC, gss, text, text_mask, rope, None, cache)
+    return y, cache["k"], cache["v"]
 
 
 def gather_context(ctxs: list[dict], rows: list[int]) -> dict:
