@@ -72,7 +72,7 @@ def _assemble(model, vae, text_encoder, schedule, aspect_ratio, device, dtype, w
     from varrl.models.infinity.text import load_text_encoder
 
     tok_vae = load_bsq_vae(vae)
-    token_bits = tok_vae.codebook_dim * (4 if getattr(tok_vae, "patchify", False) else 1)
+    token_bits = tok_vae.token_bits
     if token_bits != model.cfg.bits:
         raise CheckpointError(f"{where} predicts {model.cfg.bits} bits per token but {vae} gives {token_bits}: "
                               "pass the tokenizer the model was trained with (Infinity-2B: infinity_vae_d32reg.pth; "
