@@ -63,8 +63,7 @@ def _assemble(model, vae, text_encoder, schedule, aspect_ratio, device, dtype, w
         raise CheckpointError(f"{where} needs the Flan-T5-XL folder (tokenizer + encoder): pass text_encoder=... "
                               "to load_policy, or policy.text_encoder=... in a config")
     try:
-        sched, rope_hw = infinity_schedule(schedule, aspect_ratio), rope_grid(aspect_ratio)
-        name, ratio = budget_name(schedule), template_ratio(aspect_ratio)
+        name, ratio, rope_hw = budget_name(schedule), template_ratio(aspect_ratio), rope_grid(aspect_ratio)
     except ScheduleError as e:
         raise ConfigError(f"{e}", "policy.schedule") from None
     amp = compute_dtype(dtype)
@@ -72,6 +71,7 @@ def _assemble(model, vae, text_encoder, schedule, aspect_ratio, device, dtype, w
     from varrl.models.infinity.text import load_text_encoder
 
     tok_vae = load_bsq_vae(vae)
+    sched = infinity_schedule(name, ratio, tok_vae.downsample)
     token_bits = tok_vae.token_bits
     if token_bits != model.cfg.bits:
         raise CheckpointError(f"{where} predicts {model.cfg.bits} bits per token but {vae} gives {token_bits}: "

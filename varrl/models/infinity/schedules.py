@@ -95,14 +95,15 @@ def rope_grid(aspect_ratio: float = 1.0) -> tuple[int, int]:
     return TEMPLATES[template_ratio(aspect_ratio)][-1]
 
 
-def infinity_schedule(name: str = "1M", aspect_ratio: float = 1.0) -> ScaleSchedule:
-    """A varrl ScaleSchedule of Infinity's schedule `name` at `aspect_ratio` (height / width)."""
+def infinity_schedule(name: str = "1M", aspect_ratio: float = 1.0, patch_px: int = PATCH_PX) -> ScaleSchedule:
+    """A varrl ScaleSchedule of Infinity's schedule `name` at `aspect_ratio` (height / width);
+    `patch_px`: image pixels per token side (16 for every released tokenizer)."""
     grids = infinity_grids(name, aspect_ratio)
     hT, wT = grids[-1]
     step_px = None
     if hT != wT:
-        step_px = tuple(h * PATCH_PX for h, _ in TEMPLATES[1.0][: len(grids)])
-    return ScaleSchedule(grids, hT * PATCH_PX, image_width=None if hT == wT else wT * PATCH_PX, step_px=step_px)
+        step_px = tuple(h * patch_px for h, _ in TEMPLATES[1.0][: len(grids)])
+    return ScaleSchedule(grids, hT * patch_px, image_width=None if hT == wT else wT * patch_px, step_px=step_px)
 
 
 def schedule_name_of(grids: tuple[tuple[int, int], ...]) -> tuple[str, float]:
