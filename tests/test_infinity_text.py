@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tinyinfinity_vae import TINY_T5_WIDTH, write_tiny_t5
 
-from tests.tinyinfinity_vae import TINY_T5_WIDTH, write_tiny_t5
 from varrl.checkpoint import CheckpointError
 from varrl.models.infinity.text import encode_prompts, load_text_encoder, pack_features
 

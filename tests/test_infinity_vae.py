@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 from safetensors.torch import save_file
+from tinyinfinity_vae import TINY_BSQ, TINY_BSQ_PATCHIFY, build_tiny_bsq, write_tiny_bsq
 
-from tests.tinyinfinity_vae import TINY_BSQ, TINY_BSQ_PATCHIFY, build_tiny_bsq, write_tiny_bsq
 from varrl.checkpoint import CheckpointError
 from varrl.models.infinity import bsq_quant as Q
 from varrl.models.infinity.bsq import (
