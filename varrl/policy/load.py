@@ -18,8 +18,11 @@ from safetensors.torch import save_file
 
 from varrl.checkpoint import CheckpointError, atomic_write_text, load_into, load_tensors
 from varrl.config import ConfigError, from_dict, to_dict
+from varrl.models.infinity.files import is_infinity_path
 from varrl.models.nano import NanoConfig, NanoVAR
 from varrl.models.tokenizer import TokenizerConfig, VQTokenizer
+from varrl.policy.infinity_load import is_infinity_dir_meta, load_infinity_dir, load_infinity_file, save_infinity_policy
+from varrl.policy.infinity_policy import InfinityPolicy
 from varrl.policy.nano_policy import NanoPolicy
 from varrl.policy.var_load import VAR_FORMAT, is_checkpoint_file, load_var_dir, load_var_file
 from varrl.policy.var_policy import VarPolicy
@@ -32,13 +35,23 @@ def shipped_model_dir() -> Path:
 
 
 def load_policy(path: str | Path | None = None, device: str | torch.device = "cpu",
-                vae: str | Path | None = None) -> NanoPolicy | VarPolicy:
-    """The shipped nano policy (no argument), the model directory at `path`, or a published VAR
-    checkpoint file with its tokenizer file `vae` (default: vae_ch160v4096z32.pth beside it)."""
+                vae: str | Path | None = None, text_encoder: str | Path | None = None, schedule: str | None = None,
+                aspect_ratio: float | None = None, dtype: str | None = None) -> NanoPolicy | VarPolicy | InfinityPolicy:
+    """The shipped nano policy (no argument), the model directory at `path`, a published VAR
+    checkpoint file with its tokenizer file `vae` (default: vae_ch160v4096z32.pth beside it), or a
+    released Infinity transformer (`.pth`, `.safetensors`, or a folder of shards with its index)
+    with its BSQ tokenizer file `vae`, the Flan-T5 folder `text_encoder`, the scale `schedule`
+    ("1M" = 1024 px .. "0.06M" = 256 px), `aspect_ratio` (height / width) and compute `dtype`
+    ("float32", or "bfloat16": autocast, weights stay fp32)."""
     root = shipped_model_dir() if path is None else Path(path)
     if not root.exists():
         raise CheckpointError(f"checkpoint path not found: {root}")
+    if is_infinity_path(root):
+        return load_infinity_file(root, vae, text_encoder, schedule or "1M", 1.0 if aspect_ratio is None else
+                                  aspect_ratio, device, dtype or "float32")
+    infinity_args = {"text_encoder": text_encoder, "schedule": schedule, "aspect_ratio": aspect_ratio}
     if is_checkpoint_file(root):
+        _only_infinity(root, infinity_args, dtype)
         return load_var_file(root, vae, device)
     if root.is_dir() and not (root / "config.json").exists():
         for sub in ("last", "export"):  # an RL run dir holds last/, a pretraining run dir export/
@@ -53,6 +66,9 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    if is_infinity_dir_meta(meta):
+        return load_infinity_dir(root, meta, device, vae, text_encoder, schedule, aspect_ratio, dtype)
+    _only_infinity(root, infinity_args, dtype)
     if meta.get("format") == VAR_FORMAT:
         return load_var_dir(root, meta, device)
     if meta.get("format") != FORMAT:
@@ -71,7 +87,14 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
     return NanoPolicy(model.to(device), tok.to(device))
 
 
-def save_policy(policy: NanoPolicy, dest: str | Path, extra: dict | None = None) -> Path:
+def _only_infinity(root: Path, given: dict, dtype: str | None) -> None:
+    named = [k for k, v in given.items() if v is not None] + (["dtype"] if dtype not in (None, "float32") else [])
+    if named:
+        raise CheckpointError(f"{root} is not an Infinity model: policy.{named[0]} applies to Infinity models only "
+                              "(leave it unset)")
+
+
+def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: dict | None = None) -> Path:
     """Write `policy` as a model directory that `load_policy(dest)` reads, atomically: files go to a
     temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole)."""
     dest = Path(dest)
@@ -79,13 +102,16 @@ def save_policy(policy: NanoPolicy, dest: str | Path, extra: dict | None = None)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    fmt = VAR_FORMAT if isinstance(policy, VarPolicy) else FORMAT
-    meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg),
-            **(extra or {})}
-    for name, module in (("tokenizer", policy.tokenizer), ("model", policy.model)):
-        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
-                  str(tmp / f"{name}.safetensors"))
-    atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
+    if isinstance(policy, InfinityPolicy):
+        save_infinity_policy(policy, tmp, extra)
+    else:
+        fmt = VAR_FORMAT if isinstance(policy, VarPolicy) else FORMAT
+        meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg),
+                **(extra or {})}
+        for name, module in (("tokenizer", policy.tokenizer), ("model", policy.model)):
+            save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
+                      str(tmp / f"{name}.safetensors"))
+        atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
     old = dest.with_name(f".{dest.name}.old")
     if dest.exists():
         if old.exists():

@@ -43,12 +43,17 @@ class SamplerConfig:
     """keep the smallest set of tokens with this total probability (0 or 1: off)"""
     temperature: float = 1.0
     logprob_mode: Literal["plain", "sampling"] = "plain"
+    cfg_insertion_layer: int = 0
+    """where guidance mixes the two branches: 0 on the logits (every model); k < 0 (Infinity
+    only) on the hidden states after block depth+k, the conditional branch continuing with them"""
 
     def __post_init__(self) -> None:
         try:
             check_ranges(self, {"cfg": at_least(0, "(0: no guidance)"), "top_k": at_least(0, "(0: off)"),
                                 "top_p": Range(0, 1, note="(0 or 1: off)"),
-                                "temperature": Range(0, lo_open=True)})
+                                "temperature": Range(0, lo_open=True),
+                                "cfg_insertion_layer": Range(hi=0, note="(0: guidance on the logits; k < 0: on the "
+                                                                        "hidden states after block depth+k)")})
             check_choice(self, "cfg_schedule", ("linear", "constant"))
             check_choice(self, "logprob_mode", ("plain", "sampling"))
         except FieldError as err:

@@ -34,10 +34,22 @@ def nano_sampler() -> SamplerConfig:
 @dataclass
 class PolicyConfig:
     path: str | None = None
-    """model directory to start from (default: the shipped nano model), or a published VAR
-    checkpoint file (var_d16.pth ..: class-conditional, conditions are class labels)"""
+    """model directory to start from (default: the shipped nano model), a published VAR
+    checkpoint file (var_d16.pth ..: class-conditional, conditions are class labels), or a released
+    Infinity transformer (infinity_2b_reg.pth, or the infinity_8b_weights/ shard folder)"""
     vae: str | None = None
-    """tokenizer file of a VAR checkpoint (default: vae_ch160v4096z32.pth beside it)"""
+    """tokenizer file of a VAR checkpoint (default: vae_ch160v4096z32.pth beside it), or the BSQ
+    tokenizer file of an Infinity model (infinity_vae_d32reg.pth for Infinity-2B)"""
+    text_encoder: str | None = None
+    """Infinity only: the Flan-T5-XL folder (tokenizer + encoder, as transformers saves it)"""
+    schedule: str | None = None
+    """Infinity only: scale schedule '1M' (1024 px), '0.60M', '0.25M' (512 px) or '0.06M' (256 px)
+    (null: 1M)"""
+    aspect_ratio: float | None = None
+    """Infinity only: image height / width; the nearest released template is used (null: 1.0)"""
+    dtype: str | None = None
+    """Infinity only: 'float32', or 'bfloat16' (transformer under bf16 autocast, weights and optimizer
+    state stay fp32) (null: float32)"""
     device: str = "cpu"
     """torch device: 'cpu', 'cuda', 'cuda:1' or 'auto' (under torchrun, cuda means cuda:<local rank>)"""
 
@@ -81,6 +93,9 @@ class TrainConfig:
     """images per samples/step_XXXXXX.png grid (taken from the evaluation)"""
     threads: int = 0
     """torch intra-op threads (0: torch's default)"""
+    grad_checkpointing: bool = False
+    """recompute each transformer block in the backward pass instead of storing its activations
+    (Infinity models; less memory for about a third more update time)"""
 
     def __post_init__(self) -> None:
         check_ranges(self, {

@@ -68,7 +68,15 @@ class Trainer:
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(cfg.run.seed)
-        self.policy = load_policy(cfg.policy.path, device=pick_device(cfg.policy.device, info), vae=cfg.policy.vae)
+        pc = cfg.policy
+        self.policy = load_policy(pc.path, device=pick_device(pc.device, info), vae=pc.vae,
+                                  text_encoder=pc.text_encoder, schedule=pc.schedule, aspect_ratio=pc.aspect_ratio,
+                                  dtype=pc.dtype)
+        if tc.grad_checkpointing:
+            if not hasattr(self.policy.model, "grad_checkpointing"):
+                raise ConfigError("train.grad_checkpointing is implemented for Infinity models only; set it to false",
+                                  "train.grad_checkpointing")
+            self.policy.model.grad_checkpointing = True
         self.ref_policy = copy.deepcopy(self.policy) if cfg.rl.uses_kl() else None  # frozen start
         if self.ref_policy is not None:
             self.ref_policy.model.requires_grad_(False)
