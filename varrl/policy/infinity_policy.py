@@ -149,6 +149,10 @@ class InfinityPolicy:
         return [x.flatten(2).transpose(1, 2).float() for x in maps]
 
     @torch.no_grad()
+    def prompt_text(self, text: str) -> str:
+        """T5's tokenizer reads any text as given: the reward's targets need no mapping."""
+        return text
+
     def decode(self, traj: Trajectory) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1]; a prefix decodes to its coarse preview."""
         return self.vae.decode_bits([b.to(self.device) for b in self.bits(traj)], self.schedule).float().cpu()
