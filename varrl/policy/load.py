@@ -1,7 +1,9 @@
 """Loading model directories: the shipped nano weights, exported runs, and checkpoints.
 
 A model directory holds `config.json` ({"format": "varrl-nano/1", "tokenizer": {...},
-"model": {...}}), `tokenizer.safetensors` and `model.safetensors`. Published VAR checkpoints (a
+"model": {...}}), `tokenizer.safetensors` and `model.safetensors`; a LoRA run's also holds
+`adapter.safetensors`, with its settings in config.json's "lora" entry (load_policy puts the
+adapters back on, unmerged). Published VAR checkpoints (a
 `.pth`/`.safetensors` file and its tokenizer) and VAR model directories ("varrl-var/1") load
 through varrl.policy.var_load; the kind is read off the path.
 """
@@ -20,11 +22,14 @@ from varrl.checkpoint import CheckpointError, atomic_write_text, load_into, load
 from varrl.config import ConfigError, from_dict, to_dict
 from varrl.models.nano import NanoConfig, NanoVAR
 from varrl.models.tokenizer import TokenizerConfig, VQTokenizer
+from varrl.policy.lora import LoraConfig, attach_lora
 from varrl.policy.nano_policy import NanoPolicy
 from varrl.policy.var_load import VAR_FORMAT, is_checkpoint_file, load_var_dir, load_var_file
 from varrl.policy.var_policy import VarPolicy
 
 FORMAT = "varrl-nano/1"
+ADAPTER_FILE = "adapter.safetensors"
+"""a LoRA run's adapter tensors, beside the base model's model.safetensors (config.json names them in "lora")"""
 
 
 def shipped_model_dir() -> Path:
@@ -54,9 +59,18 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
     if meta.get("format") == VAR_FORMAT:
-        return load_var_dir(root, meta, device)
-    if meta.get("format") != FORMAT:
+        policy = load_var_dir(root, meta, device)
+    elif meta.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_file}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+    else:
+        policy = _load_nano_dir(root, meta, device)
+    if "lora" in meta:
+        _attach_saved_adapters(policy, root, meta["lora"])
+    return policy
+
+
+def _load_nano_dir(root: Path, meta: dict, device) -> NanoPolicy:
+    cfg_file = root / "config.json"
     try:
         tok_cfg = from_dict(TokenizerConfig, meta["tokenizer"], "tokenizer")
         model_cfg = from_dict(NanoConfig, meta["model"], "model")
@@ -71,6 +85,20 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
     return NanoPolicy(model.to(device), tok.to(device))
 
 
+def _attach_saved_adapters(policy, root: Path, spec: dict) -> None:
+    """A LoRA run's model directory: the base weights plus `adapter.safetensors`, put back on as
+    adapters (not merged: the policy computes exactly what it computed in training)."""
+    where = f"{root}/config.json"
+    try:
+        cfg = from_dict(LoraConfig, spec, "lora")
+        cfg.check("lora")
+        with torch.random.fork_rng(devices=[]):  # the adapters' random init is overwritten below
+            attach_lora(policy, cfg, key=f"{where}: lora")
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: bad lora entry: {e}") from e
+    policy.lora.load_state_dict(_float32(load_tensors(root / ADAPTER_FILE)), f"{root}/{ADAPTER_FILE}")
+
+
 def save_policy(policy: NanoPolicy, dest: str | Path, extra: dict | None = None) -> Path:
     """Write `policy` as a model directory that `load_policy(dest)` reads, atomically: files go to a
     temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole)."""
@@ -80,11 +108,15 @@ def save_policy(policy: NanoPolicy, dest: str | Path, extra: dict | None = None)
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     fmt = VAR_FORMAT if isinstance(policy, VarPolicy) else FORMAT
+    lora = getattr(policy, "lora", None)
     meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg),
-            **(extra or {})}
-    for name, module in (("tokenizer", policy.tokenizer), ("model", policy.model)):
-        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
-                  str(tmp / f"{name}.safetensors"))
+            **({} if lora is None else {"lora": lora.describe()}), **(extra or {})}
+    files = {"tokenizer": policy.tokenizer.state_dict(),
+             "model": policy.model.state_dict() if lora is None else lora.base_state_dict()}
+    if lora is not None:
+        files[ADAPTER_FILE.removesuffix(".safetensors")] = lora.state_dict()
+    for name, sd in files.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
     atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
     old = dest.with_name(f".{dest.name}.old")
     if dest.exists():

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from varrl.config import RunConfig
+from varrl.config import ConfigError, RunConfig
 from varrl.data.synth import SynthConfig
+from varrl.policy.lora import LoraConfig
 from varrl.policy.sampler import SamplerConfig
 from varrl.rewards import RewardConfig
 
@@ -58,7 +59,11 @@ class TrainConfig:
     """max global gradient norm (0: no clipping)"""
     trainable: str | None = None
     """regular expression: train only the policy parameters whose names it matches (re.search), e.g.
-    'bias$' (biases only) or 'blocks\\.[67]\\.'; the rest stay frozen (null: train all)"""
+    'bias$' (biases only) or 'blocks\\.[67]\\.'; the rest stay frozen (null: train all). With train.lora on it
+    must stay null: only the adapters train"""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (docs/lora.md): with rank > 0 only the adapters train, and the KL reference is the
+    base model with the adapters off (no second copy of the weights)"""
     epochs: int = 1
     """updates per batch of rollouts (1 = on-policy: the ratio is exactly 1)"""
     micro_batch: int = 16
@@ -197,6 +202,12 @@ class TrainRunConfig:
         for name, beta in (("rl.kl_beta", self.rl.kl_beta), ("rl.vmr.prefix_kl_beta", self.rl.vmr.prefix_kl_beta)):
             if beta is not None and beta < 0:
                 raise ValueError(f"{name} must be >= 0 (0: no KL term), got {beta}")
+        t.lora.check("train.lora")
+        if t.lora.enabled and t.trainable is not None:
+            raise ConfigError(f"train.trainable={t.trainable!r} cannot be combined with train.lora.rank={t.lora.rank}: "
+                              "with LoRA only the adapters train (the base weights must stay frozen, they are the "
+                              "KL reference); choose the adapted layers with train.lora.targets instead",
+                              "train.trainable")
         from varrl.algorithms.stages import parse_alternation
 
         parse_alternation(self.rl.alternation)  # a bad pattern fails at load time, naming the key
