@@ -161,6 +161,11 @@ def test_model_directory_round_trip_keeps_the_adapters(policy, tiny_model_dir, t
 
     saved = load_file(str(out / "model.safetensors"))
     assert set(saved) == set(base_sd) and all(torch.equal(saved[k], base_sd[k]) for k in saved)
+    # Saving again with keep_base links the frozen base's files and writes only the new adapters.
+    inode = (out / "model.safetensors").stat().st_ino
+    randomise_b_(lora, seed=1)
+    save_policy(policy, out, keep_base=True)
+    assert (out / "model.safetensors").stat().st_ino == inode
     back = load_policy(out)
     assert back.lora is not None and back.lora.cfg.targets == lora.cfg.targets
     traj = rollout(policy)

@@ -60,8 +60,8 @@ def test_the_reference_is_the_base_with_adapters_off_not_a_copy(tiny_dir, tmp_pa
     one = sum(t.numel() for m in (full.policy.model, full.policy.tokenizer) for t in [*m.parameters(), *m.buffers()])
     adapters = sum(p.numel() for p in lora.policy.lora.parameters())
     assert held_numel(full) == 2 * one  # full fine-tuning keeps a frozen deep copy
-    assert isinstance(lora.ref_policy, BaseModelView) and lora.ref_policy.policy is lora.policy
     assert held_numel(lora) == one + adapters  # with LoRA: one set of base weights, plus the adapters
+    assert isinstance(lora.ref_policy, BaseModelView) and lora.ref_policy.policy is lora.policy
     assert adapters < one / 5
     # The optimizer holds exactly the adapters; every base weight is frozen.
     in_opt = [p for g in lora.optimizer.param_groups for p in g["params"]]

@@ -11,6 +11,7 @@ through varrl.policy.var_load; the kind is read off the path.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -99,9 +100,11 @@ def _attach_saved_adapters(policy, root: Path, spec: dict) -> None:
     policy.lora.load_state_dict(_float32(load_tensors(root / ADAPTER_FILE)), f"{root}/{ADAPTER_FILE}")
 
 
-def save_policy(policy: NanoPolicy, dest: str | Path, extra: dict | None = None) -> Path:
+def save_policy(policy: NanoPolicy, dest: str | Path, extra: dict | None = None, keep_base: bool = False) -> Path:
     """Write `policy` as a model directory that `load_policy(dest)` reads, atomically: files go to a
-    temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole)."""
+    temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole).
+    `keep_base`: the policy has adapters and `dest` already holds its frozen base (the caller
+    knows it wrote it): link those files instead of writing the whole model again."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     if tmp.exists():
@@ -114,8 +117,11 @@ def save_policy(policy: NanoPolicy, dest: str | Path, extra: dict | None = None)
     files = {"tokenizer": policy.tokenizer.state_dict(),
              "model": policy.model.state_dict() if lora is None else lora.base_state_dict()}
     if lora is not None:
-        files[ADAPTER_FILE.removesuffix(".safetensors")] = lora.state_dict()
+        files["adapter"] = lora.state_dict()
     for name, sd in files.items():
+        if keep_base and lora is not None and name != "adapter" and (dest / f"{name}.safetensors").exists():
+            os.link(dest / f"{name}.safetensors", tmp / f"{name}.safetensors")
+            continue
         save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
     atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
     old = dest.with_name(f".{dest.name}.old")

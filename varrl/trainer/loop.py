@@ -68,7 +68,8 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         self.policy = load_policy(cfg.policy.path, device=pick_device(cfg.policy.device, info), vae=cfg.policy.vae)
         merge_adapters(self.policy)  # a LoRA-trained start: its adapters fold into the weights this run starts from
-        self.lora, self.lora_checked = (attach_lora(self.policy, tc.lora) if tc.lora.enabled else None), False
+        self.lora = attach_lora(self.policy, tc.lora) if tc.lora.enabled else None
+        self.lora_checked = self.base_saved = False
         if self.lora is not None:  # only the adapters train; the reference is the base with them off
             self.ref_policy = BaseModelView(self.policy) if cfg.rl.uses_kl() else None
             params = self.lora.parameters()
@@ -220,7 +221,10 @@ class Trainer:
             save_train_checkpoint(self.run_dir / "checkpoints", at, self.policy.model, self.optimizer, rngs,
                                   {"data_position": at * self.cfg.train.prompts_per_step, "wall_s": self.wall_s()},
                                   self.cfg.train.keep_checkpoints, self.lora)
-            save_policy(self.policy, self.run_dir / "last", {"trained": {"rl_steps": at, "run": self.run_dir.name}})
+            # With adapters the base is frozen: after this session's first save only the adapters are new.
+            save_policy(self.policy, self.run_dir / "last", {"trained": {"rl_steps": at, "run": self.run_dir.name}},
+                        keep_base=self.base_saved)
+            self.base_saved = self.lora is not None
         barrier(self.info)
 
     def finish(self) -> dict | None:
