@@ -103,6 +103,7 @@ def test_targets_default_to_attention_and_mlp(policy):
     (["attn"], "'attn' picks blocks.0.attn, a SelfAttention, not a Linear"),
     (["nope"], "'nope' names no layer"),
     (r"blocks\.9\..*", "matches no Linear layer"),
+    ("qkv", "for name endings give a list: [qkv]"),
 ])
 def test_targets_that_pick_no_linear_layer_are_errors(policy, targets, msg):
     with pytest.raises(ConfigError, match="train.lora.targets") as e:

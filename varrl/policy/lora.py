@@ -94,7 +94,9 @@ def resolve_targets(model: nn.Module, targets: list[str] | str | None, key: str 
         spec = default if targets is None else targets
         chosen = [n for n in select_modules(list(modules), spec) if n in linear]
         if not chosen:
-            raise ConfigError(f"{key}={spec!r} matches no Linear layer of the policy; its Linear layers are "
+            hint = "" if targets is None else f" (one string is a regular expression over whole names; for name " \
+                f"endings give a list: [{targets}])"
+            raise ConfigError(f"{key}={spec!r} matches no Linear layer of the policy{hint}; its Linear layers are "
                               f"named like: {some}", key)
         return chosen
     for t in targets:
