@@ -8,14 +8,16 @@ and S_t = d log p(image) / d beta_t, the sum over the grid's tokens of (logit of
 - the logits' mean under the policy). On real GRPO batches (`train.prompts_per_step` x
 `train.group_size`, the real OCR reward) the script prints, per grid and in total, that estimate
 with its standard error and its per-image signal-to-noise ratio. It also measures the same slope
-by a finite difference: the same prompts and noise seeds sampled at `--temperature`. From the
+by a finite difference: the same prompts and noise seeds sampled at `--temperature`. A run that
+samples at its own `sampler.temperature` T0 (no CFG, no truncation) is measured around T0: its
+logits are z / T0, beta = 1 is T0 itself, and the sharper arm defaults to 0.7 * T0. From the
 two it prints how many images the score-function estimate needs before its sign is 2 standard
 errors clear, beside the number of images the configured run samples.
 
 If even this one scalar direction needs more images than a run draws, the full update (millions
 of directions, each with its own noise) cannot be expected to find a held-out gain in that run.
 
-    python benchmarks/sharpen_signal.py [--batches 8] [--temperature 0.7] [key=value ...]
+    python benchmarks/sharpen_signal.py [--batches 8] [--temperature T] [key=value ...]
 """
 
 from __future__ import annotations
@@ -28,31 +30,53 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from varrl.algorithms.grpo import group_advantages
 from varrl.config import load_config
-from varrl.eval.signal import centred_rewards, sharpen_scores
+from varrl.eval.signal import centred_rewards, sharpen_scores, sharpen_token_scores
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import DistInfo
 from varrl.trainer.loop import Trainer
 
 
+def normalised_estimates(tr: Trainer, batch, s_BL: torch.Tensor, keep: torch.Tensor) -> np.ndarray:
+    """Per image [B, 2]: the sharpening estimate with the run's own advantages (group-normalised as
+    rl.adv_norm says), once with the image's advantage on every token and once with the per-token
+    advantages the run's update uses (character-level credit; the same as the first without it)."""
+    rl = tr.cfg.rl
+    adv = group_advantages(batch.returns.float(), batch.traj.group, rl.adv_norm, clip=rl.adv_clip)
+    rows = torch.nonzero(keep).flatten()
+    plan = tr.plan(batch, rows, adv[rows])
+    image = adv[rows] * s_BL[rows].sum(1)
+    if plan.token_adv is None:
+        return torch.stack([image, image], 1).numpy()
+    token = sum((a * s_BL[rows][:, o: o + a.shape[1]]).sum(1)
+                for a, o in zip(plan.token_adv, tr.policy.schedule.offsets))
+    return torch.stack([image, token], 1).numpy()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=8, help="batches of the configured size to draw")
-    ap.add_argument("--temperature", type=float, default=0.7,
-                    help="the sharper arm of the finite difference (beta = 1 / temperature)")
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="the sharper arm of the finite difference (beta = T0 / temperature, T0 = the run's "
+                         "sampler.temperature; default 0.7 * T0)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    if not 0 < args.temperature < 1:
-        ap.error(f"--temperature must be in (0, 1) to sharpen, got {args.temperature}")
     cfg = load_config(TrainRunConfig, None, ["rl.method=grpo", *args.overrides, "train.eval_prompts=1"],
                       apply_method_preset)
     if cfg.rl.vmr.enabled:
         ap.error("sharpen_signal.py measures full trajectories: drop the VMR overrides (it runs rl.method=grpo)")
-    if cfg.sampler.temperature != 1.0 or cfg.sampler.cfg or cfg.sampler.top_k or cfg.sampler.top_p:
-        ap.error("sharpen_signal.py needs the plain sampler (temperature 1, no CFG, no truncation): "
-                 "the score S is the derivative at beta = 1 of the untouched logits")
+    if cfg.sampler.cfg or cfg.sampler.top_k or cfg.sampler.top_p:
+        ap.error("sharpen_signal.py needs a sampler without CFG or truncation: the score S is the "
+                 "derivative at beta = 1 of the tempered logits z / T")
     P, base = cfg.train.prompts_per_step, cfg.sampler
-    rows, diffs = [], []
+    # The run's own sampling temperature T0 is beta = 1; the sharper arm draws at --temperature.
+    T0 = base.temperature
+    if args.temperature is None:
+        args.temperature = round(0.7 * T0, 6)
+    if not 0 < args.temperature < T0:
+        ap.error(f"--temperature must be in (0, {T0}) to sharpen the run's sampler, got {args.temperature}")
+    rows, diffs, norm = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
         try:
@@ -61,20 +85,22 @@ def main() -> None:
                 records = [tr.train_prompts[b * P + i] for i in range(P)]
                 means = []
                 # Both arms draw the same prompts from the same noise seed: the difference is paired.
-                for temp in (1.0, args.temperature):
+                for temp in (T0, args.temperature):
                     tr.cfg.sampler = replace(base, temperature=temp)
                     tr.gen.manual_seed(b)
                     batch = tr.rollout(b, records)
                     means.append(float(batch.returns.nanmean()))
-                    if temp == 1.0:
+                    if temp == T0:
                         with torch.no_grad():
-                            logits = tr.policy.teacher_logits(batch.traj)
-                        S = sharpen_scores(logits, torch.cat(batch.traj.idx, 1), offsets)
+                            logits = tr.policy.teacher_logits(batch.traj) / T0
+                        idx = torch.cat(batch.traj.idx, 1)
+                        S = sharpen_scores(logits, idx, offsets)
                         A = centred_rewards(batch.returns.float(), batch.traj.group)
                         keep = torch.isfinite(A)
                         rows.append((A[keep, None] * S[keep]).numpy())
+                        norm.append(normalised_estimates(tr, batch, sharpen_token_scores(logits, idx), keep))
                 diffs.append(means[1] - means[0])
-                print(f"batch {b + 1}/{args.batches}: mean reward {means[0]:.3f} at temperature 1, "
+                print(f"batch {b + 1}/{args.batches}: mean reward {means[0]:.3f} at temperature {T0}, "
                       f"{means[1]:.3f} at {args.temperature}", flush=True)
         finally:
             tr.reward.close()
@@ -91,11 +117,11 @@ def main() -> None:
     for name, g in cols:
         mean, sd = float(g.mean()), float(g.std(ddof=1))
         print(f"{name}  {mean:+11.4f}  {sd / np.sqrt(n):6.4f}  {mean / sd if sd > 0 else float('nan'):+13.4f}")
-    d_beta = 1.0 / args.temperature - 1.0
+    d_beta = T0 / args.temperature - 1.0
     slope = float(np.mean(diffs)) / d_beta
     slope_se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) / d_beta if len(diffs) > 1 else float("nan")
     sd_all = float(G.sum(1).std(ddof=1))
-    print(f"finite difference (temperature 1 -> {args.temperature}, beta +{d_beta:.3f}, paired batches): "
+    print(f"finite difference (temperature {T0} -> {args.temperature}, beta +{d_beta:.3f}, paired batches): "
           f"dE[R]/dbeta = {slope:+.4f} +- {slope_se:.4f} (s.e.)")
     if slope > 0:
         need = 4.0 * sd_all**2 / slope**2
@@ -103,6 +129,17 @@ def main() -> None:
               f"(per-image std {sd_all:.2f} / slope {slope:.3f}), {need / run_images:.1f}x what the run samples")
     else:
         print("the finite difference found no gain from sharpening at this temperature: nothing to detect")
+    N = np.concatenate(norm)
+    print("\nwith the run's own normalised advantages (scale-free: sign-detection images = 4 / SNR^2 at the "
+          "estimate's own mean)")
+    for name, g in (("image advantage on every token", N[:, 0]),
+                    ("the update's per-token advantages" + ("" if cfg.rl.char_credit.enabled else " (the same)"),
+                     N[:, 1])):
+        mean, sd = float(g.mean()), float(g.std(ddof=1))
+        snr = mean / sd if sd > 0 else float("nan")
+        need = 4.0 / snr**2 if snr > 0 else float("inf")
+        print(f"  {name:<48} mean {mean:+.4f} +- {sd / np.sqrt(len(g)):.4f}  per-image SNR {snr:+.4f}  "
+              f"images {need:.0f}")
 
 
 if __name__ == "__main__":

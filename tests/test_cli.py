@@ -110,7 +110,7 @@ def test_sample_missing_checkpoint_exit_2(tmp_path, capsys):
     assert err.startswith("varrl sample: error: ") and str(missing) in err and "\n" not in err
 
 
-@pytest.mark.parametrize(("args", "text"), [(["--n", "0"], "--n"), (["--top-p", "2"], "top_p"),
+@pytest.mark.parametrize(("args", "text"), [(["--n", "0"], "--n"), (["--top-p", "2"], "--top-p"),
                                             (["--temperature", "0"], "temperature")])
 def test_sample_bad_options_exit_2(tiny_model_dir, tmp_path, capsys, args, text):
     rc = main(["sample", "--checkpoint", str(tiny_model_dir), "--prompt", "a", "--out", str(tmp_path / "x.png"),

@@ -76,7 +76,7 @@ def test_defaults_are_off_and_valid_settings_load():
 def test_cli_reports_a_bad_lora_value_in_one_line(tmp_path, capsys):
     assert main(["train", f"run.dir={tmp_path}", "train.lora.rank=4", "train.lora.dropout=2"]) == 2
     err = capsys.readouterr().err
-    assert "train.lora.dropout must be in [0, 1)" in err and "Traceback" not in err
+    assert "config key 'train.lora.dropout' must be in [0, 1)" in err and "Traceback" not in err
 
 
 def test_select_modules_by_hand():
@@ -225,3 +225,32 @@ def test_var_policy_adapters_reach_every_default_layer(tmp_path):
     assert max((a - b).abs().max().item() for a, b in zip(policy.logprobs(again), again.logprobs)) <= 1e-5
     out = save_policy(policy, tmp_path / "var_lora")
     assert torch.equal(logits(load_policy(out), traj), logits(policy, traj))
+
+
+def test_infinity_policy_takes_adapters_on_its_attention_and_mlp(tmp_path):
+    from tinyinfinity import write_tiny_infinity
+    from tinyinfinity_vae import write_tiny_bsq, write_tiny_t5
+
+    files = {"vae": write_tiny_bsq(tmp_path), "text_encoder": write_tiny_t5(tmp_path / "t5"), "schedule": "0.06M"}
+    policy = load_policy(write_tiny_infinity(tmp_path, ".pth"), **files)
+    prompts = ['a sign with the text "OPEN"', "the text CAT on a red wall"]
+    s = SamplerConfig(cfg=2.0, top_k=20)
+    traj = policy.rollout(prompts, n=2, sampler=s, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = policy.logprobs(traj)
+    lora = attach_lora(policy, LoraConfig(rank=2))
+    # 4 blocks in 2 chunks (block_chunks.<c>.module.<j>), each: self-attn qkv/proj, cross-attn q/kv/proj, MLP
+    assert len(lora.cfg.targets) == 4 * 7 and lora.cfg.targets[0] == "block_chunks.0.module.0.sa.mat_qkv"
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(policy.logprobs(traj), base))  # B = 0: the base
+    randomise_b_(lora, seed=2)
+    sum(lp.sum() for lp in policy.logprobs(traj)).backward()
+    lora.check_reached()  # the model calls every adapted layer
+    again = policy.rollout(prompts, n=2, sampler=s, generator=torch.Generator().manual_seed(1))
+    assert max((a - b).abs().max().item() for a, b in zip(policy.logprobs(again), again.logprobs)) <= 1e-5
+    with lora.disabled(), torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(policy.logprobs(traj), base))
+    back = load_policy(save_policy(policy, tmp_path / "exported"))
+    assert back.lora is not None
+    redo = back.rollout(prompts, n=2, sampler=s, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(redo.idx, again.idx))

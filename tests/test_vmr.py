@@ -116,7 +116,7 @@ def test_bad_split_is_a_config_error(tiny_dir, tmp_path, capsys):
     assert main(["train", *args]) == 2
     assert "rl.vmr.m" in capsys.readouterr().err
     assert main(["train", *args[:-1], "rl.vmr.prefix_kl_beta=-0.1"]) == 2
-    assert "rl.vmr.prefix_kl_beta must be >= 0" in capsys.readouterr().err
+    assert "'rl.vmr.prefix_kl_beta' must be >= 0" in capsys.readouterr().err
 
 
 def test_ablate_runs_every_cell_and_skips_finished_ones(tiny_dir, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -35,6 +36,8 @@ def _ablate(args: argparse.Namespace) -> None:
 
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
+    if args.name is not None and (args.name in ("", ".", "..") or any(c in args.name for c in "/\\")):
+        raise UsageError(f"--name must be one folder name (no '/', not '.' or '..'), got {args.name!r}")
     root = run_ablation(args.config, args.grid, args.seeds, args.steps, args.name, args.overrides, args.cell,
                         args.report_only, args.reference)
     print(f"{'ablation report' if args.report_only else 'ablation finished'}: {root / 'ablation.md'}")
@@ -74,21 +77,38 @@ def default_cfg(checkpoint: str | None) -> float:
 
 
 def _sampler(args: argparse.Namespace, checkpoint: str | None):
-    from varrl.policy.sampler import SamplerConfig
+    from varrl.policy.sampler import SamplerConfig, SamplerConfigError
 
     cfg = default_cfg(checkpoint) if args.cfg is None else args.cfg
-    return SamplerConfig(cfg=cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k, top_p=args.top_p,
-                         temperature=args.temperature)
+    try:
+        return SamplerConfig(cfg=cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k, top_p=args.top_p,
+                             temperature=args.temperature)
+    except SamplerConfigError as e:  # name the flag the user typed, not the config field
+        raise UsageError(f"--{e.key.replace('_', '-')} {e.problem}") from None
+
+
+def _check_seed(seed: int) -> None:
+    from varrl.config_checks import SEED_LIMIT
+
+    if not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"--seed must be in 0..{SEED_LIMIT - 1}, got {seed}")
 
 
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
+    from varrl.fileio import atomic_save_image, check_output_file, image_format
     from varrl.policy.load import load_policy
     from varrl.viz import image_grid, to_uint8
 
     if args.n < 1:
         raise UsageError("--n must be at least 1")
+    if args.cols < 0 or args.scale < 1:
+        raise UsageError(f"--cols must be >= 0 (0: up to 8) and --scale >= 1, got {args.cols} and {args.scale}")
+    _check_seed(args.seed)
+    # The output is checked before the model loads and the samples are drawn: no work is lost to a bad name.
+    out = check_output_file(args.out, "--out")
+    fmt = image_format(out, "--out")
     sampler = _sampler(args, args.checkpoint)
     policy = load_policy(args.checkpoint, vae=args.vae)
     traj = policy.rollout(args.prompt, n=args.n, sampler=sampler, generator=torch.Generator().manual_seed(args.seed))
@@ -99,14 +119,16 @@ def _sample(args: argparse.Namespace) -> None:
 
         with OcrPool(workers=0) as ocr:
             captions = [f"{c} | read: {' '.join(w.text for w in r)}" for c, r in zip(captions, ocr.read(list(images)))]
-    image_grid(images, captions, cols=args.cols or min(len(images), 8), scale=args.scale).save(args.out)
-    print(f"wrote {len(images)} samples to {args.out}")
+    grid = image_grid(images, captions, cols=args.cols or min(len(images), 8), scale=args.scale)
+    atomic_save_image(grid.convert("RGB") if fmt == "JPEG" else grid, out, fmt)
+    print(f"wrote {len(images)} samples to {out}")
 
 
 def _eval(args: argparse.Namespace) -> None:
     from varrl.eval.cvtg import markdown_table
     from varrl.recipes.evaluate import EvalConfig, run_eval
 
+    _check_seed(args.seed)
     sampler = _sampler(args, args.checkpoint)
     cfg = EvalConfig(benchmark=args.benchmark, data=args.data, checkpoint=args.checkpoint, images=args.images,
                      out=args.out or f"runs/eval_{args.benchmark}", limit=args.limit, seed=args.seed,
@@ -132,6 +154,10 @@ def _data(args: argparse.Namespace) -> None:
         print(f"wrote {len(files)} files under {args.out}" + (f"; reference renderings in {args.render}"
                                                                if args.render else ""))
         return
+    if args.data_command != "stats":
+        from varrl.fileio import check_output_file
+
+        check_output_file(args.out, "--out")
     records = regions.read_records(args.prompts)
     if args.data_command == "stats":
         print(regions.format_histogram(regions.histogram(records)))
@@ -147,6 +173,7 @@ def _data(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="varrl", description="RL fine-tuning of next-scale (VAR) image generators")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: VARRL_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
     pt = sub.add_parser("pretrain", help="train the nano tokenizer and transformer from scratch")
     pt.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
@@ -249,23 +276,31 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--render", default=None, metavar="DIR",
                     help="also save the generator's rendering of each prompt in DIR (for varrl eval --images)")
     da.set_defaults(func=_data)
+    for sp_ in (pt, tr, ab, sp, ev, ds, dm, df, db):  # --debug after the command name works too
+        sp_.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
+def debug_requested(args: argparse.Namespace) -> bool:
+    """--debug on the command line, or VARRL_DEBUG set to anything but '' or '0'."""
+    return bool(getattr(args, "debug", False)) or os.environ.get("VARRL_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from varrl.errors import USER_ERRORS
-    from varrl.policy.sampler import NonFiniteError
+    """Run one command; errors end in one line on stderr (exit 2: bad input, 1: the run or the
+    system failed), tracebacks only with --debug or VARRL_DEBUG=1."""
+    from varrl.errors import describe
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (*USER_ERRORS, UsageError) as e:
-        print(f"varrl {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteError as e:  # training diverged: one clear line, not a traceback
-        print(f"varrl {args.command}: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug_requested(args):
+            raise
+        code, line = (2, str(e)) if isinstance(e, UsageError) else describe(e)
+        print(f"varrl {args.command}: error: {line}", file=sys.stderr)
+        return code
     return 0

@@ -63,6 +63,28 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _unique_keys_mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
+    """A mapping whose keys are all different: PyYAML keeps the last of two equal keys without a
+    word, so a setting written twice in a config would silently lose its first value."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            first = seen.get(key)
+            seen[key] = line
+        except TypeError:
+            continue  # an unhashable key: construct_mapping reports it
+        if first is not None:
+            where = f"lines {first} and {line}" if first != line else f"line {line}"
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice ({where}); keep one",
+                                                    key_node.start_mark)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys_mapping)
+
+
 def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader subclass
 
@@ -183,6 +205,20 @@ class RunConfig:
     """Where a run lives and how it is seeded: the run directory is `<dir>/<name>`."""
 
     name: str = "run"
+    """the run's folder inside `dir`: one path component (no '/', not '.' or '..')"""
     dir: str = "runs"
     """parent of run directories"""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        from varrl.config_checks import check_ranges, seed_range
+        from varrl.config_types import FieldError
+
+        bad = (not self.name.strip() or self.name in (".", "..") or any(c in self.name for c in "/\\\0")
+               or self.name != self.name.strip())
+        if bad:
+            raise FieldError("name", f"must be one folder name (no '/', not empty, '.' or '..'), got "
+                                     f"{self.name!r}; put the parent folders in run.dir")
+        if not self.dir.strip():
+            raise FieldError("dir", "must name a folder, got ''; e.g. run.dir=runs")
+        check_ranges(self, {"seed": seed_range})

@@ -24,6 +24,18 @@ class ConfigError(ValueError):
         self.key = key
 
 
+class FieldError(ConfigError):
+    """A bad value of one field, found by a config's own `__post_init__`: `key` is relative to that
+    dataclass, and `from_dict` puts the section's dotted path in front of it."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config key '{key}' {problem}", key)
+        self.problem = problem
+
+    def under(self, path: str) -> FieldError:
+        return FieldError(_join(path, self.key), self.problem)
+
+
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     """Resolved annotations of the init fields (string annotations included)."""
@@ -198,6 +210,8 @@ def from_dict(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
         kwargs[name] = _convert(hints[name], value, _join(path, name))
     try:
         return cls(**kwargs)
+    except FieldError as err:
+        raise (err.under(path) if path else err) from None
     except ConfigError:
         raise
     except ValueError as err:  # from a __post_init__ check; add where it happened

@@ -34,6 +34,11 @@ class OcrConfig:
     use_cls: bool = False
     """run the 180-degree text-orientation classifier (off: rendered text is upright)"""
 
+    def __post_init__(self) -> None:
+        from varrl.config_checks import Range, at_least, check_ranges
+
+        check_ranges(self, {"det_side": at_least(8), "min_score": Range(0, 1, hi_open=True), "threads": at_least(1)})
+
 
 class OcrEngine:
     def __init__(self, config: OcrConfig | None = None):
@@ -94,6 +99,13 @@ def _worker_read(image: np.ndarray) -> list[OcrWord]:
     return _WORKER_ENGINE(image)
 
 
+def _read_or_error(engine: OcrEngine, image: np.ndarray) -> list[OcrWord] | Exception:
+    try:
+        return engine(image)
+    except Exception as e:  # the engine's own failure on this one image (e.g. an extreme aspect ratio)
+        return e
+
+
 class OcrWorkerError(RuntimeError):
     """An OCR worker process died, so its results will never come."""
 
@@ -125,10 +137,14 @@ class OcrPool:
             # a clear error.
             self._pool = ProcessPoolExecutor(workers, mp.get_context("spawn"), _worker_init, (self.config,))
 
-    def submit(self, images: list[np.ndarray]):
+    def submit(self, images: list[np.ndarray], keep_errors: bool = False):
+        """Start reading `images`; with keep_errors, an image the engine fails on gets its exception
+        in place of its words (see `result_each`) instead of failing the whole batch."""
         if self._pool is None:
             if self._local is None:
                 self._local = OcrEngine(self.config)
+            if keep_errors:
+                return [_read_or_error(self._local, im) for im in images]
             return [self._local(im) for im in images]
         from concurrent.futures.process import BrokenProcessPool
 
@@ -148,6 +164,23 @@ class OcrPool:
             return [f.result() for f in handle]
         except BrokenProcessPool as err:
             raise OcrWorkerError(_DEAD_WORKER) from err
+
+    @staticmethod
+    def result_each(handle) -> list[list[OcrWord] | Exception]:
+        """Like `result`, but an image the engine raised on gives its exception, and the others
+        their words (a dead worker still fails the batch: that is no image's fault)."""
+        from concurrent.futures import Future
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not handle or not isinstance(handle[0], Future):
+            return handle
+        out: list[list[OcrWord] | Exception] = []
+        for f in handle:
+            err = f.exception()
+            if isinstance(err, BrokenProcessPool):
+                raise OcrWorkerError(_DEAD_WORKER) from err
+            out.append(f.result() if err is None else err)
+        return out
 
     def read(self, images: list[np.ndarray]) -> list[list[OcrWord]]:
         return self.result(self.submit(images))

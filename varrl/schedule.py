@@ -18,7 +18,13 @@ class ScaleSchedule:
     """Grid sizes (h, w) for every step, coarse to fine, and the image size they decode to."""
 
     grids: tuple[tuple[int, int], ...]
-    image_size: int  # pixels of the square image the last grid decodes to
+    image_size: int  # pixels of the square image the last grid decodes to (its height when not square)
+    image_width: int | None = None
+    """pixels across the image when it is not square (None: image_size)"""
+    step_px: tuple[int, ...] | None = None
+    """the nominal pixel side of each step, where grid sides do not say it (non-square Infinity
+    schedules name step t by the side of the square schedule's grid t, whose area it matches);
+    None: h_t * image_size / h_T"""
 
     def __post_init__(self) -> None:
         if not self.grids:
@@ -27,12 +33,19 @@ class ScaleSchedule:
             if h1 < h0 or w1 < w0:
                 raise ValueError(f"grids must grow coarse to fine, got {(h0, w0)} before {(h1, w1)}")
         hT, wT = self.grids[-1]
-        if self.image_size % hT or self.image_size % wT:
-            raise ValueError(f"image size {self.image_size} is not a multiple of the last grid {hT}x{wT}")
+        if self.image_size % hT or self.width_px % wT:
+            raise ValueError(f"image size {self.image_size}x{self.width_px} is not a multiple of the last grid "
+                             f"{hT}x{wT}")
+        if self.step_px is not None and len(self.step_px) != len(self.grids):
+            raise ValueError(f"step_px names {len(self.step_px)} steps but there are {len(self.grids)} grids")
 
     @classmethod
     def square(cls, sides: tuple[int, ...] | list[int], image_size: int) -> ScaleSchedule:
         return cls(tuple((int(s), int(s)) for s in sides), int(image_size))
+
+    @property
+    def width_px(self) -> int:
+        return self.image_size if self.image_width is None else self.image_width
 
     @property
     def num_steps(self) -> int:
@@ -59,8 +72,11 @@ class ScaleSchedule:
         return self.grids[-1]
 
     def resolution(self, step: int) -> int:
-        """Pixel side that grid `step` (1-based) corresponds to: grid side x pixels per final cell."""
+        """Pixel side that grid `step` (1-based) corresponds to: grid side x pixels per final cell
+        (or the schedule's own `step_px`)."""
         self._check_step(step)
+        if self.step_px is not None:
+            return self.step_px[step - 1]
         h, _ = self.grids[step - 1]
         return h * self.image_size // self.final_grid[0]
 
@@ -74,7 +90,7 @@ class ScaleSchedule:
                         f"{[self.resolution(s) for s in range(1, self.num_steps + 1)]}"
                     )
                 return t
-        raise ValueError(f"{px}px exceeds the final resolution {self.image_size}px")
+        raise ValueError(f"{px}px exceeds the final resolution {self.resolution(self.num_steps)}px")
 
     def step_at_side(self, side: int) -> int:
         """The step (1-based) whose grid is side x side."""

@@ -78,6 +78,8 @@ def batch_step_masks(boxes: list[list[Box] | None], image_hw: tuple[int, int], g
                      dilation: int = 0) -> list[torch.Tensor]:
     """Per step, float [B, h_t*w_t] masks (row-major, the token order of a grid) for a batch.
     A sample with no boxes keeps every token (the reward said nothing about where)."""
+    if not boxes:  # no rows (e.g. every reward of the batch was NaN): empty masks of the right width
+        return [torch.zeros(0, h * w) for h, w in grids]
     per_sample = []
     finest = grids[-1]
     for b in boxes:

@@ -6,6 +6,7 @@ s*P .. s*P+P-1, so the position is just the step and resume needs nothing else."
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,18 +77,30 @@ class ClassPrompts:
 
 class JsonlPrompts:
     """One JSON object per line: {"prompt": str, "words": [str, ...] (optional), ...}; other keys are
-    kept as metadata. Indices past the end wrap around (epochs over the file)."""
+    kept as metadata. Indices past the end wrap around (epochs over the file).
 
-    def __init__(self, path: str | Path):
+    `normalize` maps text to what the model reads (the policy's `prompt_text`, e.g. accents dropped);
+    the target words go through it too, so a model that renders exactly what it was asked for scores
+    as correct. `warnings` lists lines whose "words" name a word the prompt does not contain;
+    `no_targets` the lines that ask for no words at all (a text reward cannot score them)."""
+
+    def __init__(self, path: str | Path, normalize: Callable[[str], str] | None = None):
         self.path = Path(path)
-        if not self.path.exists():
-            raise PromptFileError(f"prompts file not found: {self.path}")
         self.records: list[PromptRecord] = []
         self.lines: list[int] = []  # the file line of each record, for error messages
-        for lineno, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        self.warnings: list[str] = []
+        self.no_targets: list[int] = []
+        for lineno, line in enumerate(read_text_file(self.path, "prompts file").splitlines(), 1):
             if line.strip():
-                self.records.append(_parse_line(line, f"{self.path}:{lineno}"))
+                where = f"{self.path}:{lineno}"
+                rec, missing = _parse_line(line, where, normalize or (lambda s: s))
+                self.records.append(rec)
                 self.lines.append(lineno)
+                if not rec.words:
+                    self.no_targets.append(lineno)
+                if missing:
+                    self.warnings.append(f"{where}: \"words\" names {', '.join(map(repr, missing))}, which the prompt "
+                                         "does not contain; the model is rewarded for text it was not asked for")
         if not self.records:
             raise PromptFileError(f"{self.path} holds no prompts (expected one JSON object per line)")
 
@@ -106,7 +119,26 @@ class JsonlPrompts:
         return len(self.records)
 
 
-def _parse_line(line: str, where: str) -> PromptRecord:
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of `path`, or a PromptFileError naming it: missing, a folder, unreadable, not UTF-8."""
+    if not path.exists():
+        raise PromptFileError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise PromptFileError(f"{what} {path} is a folder; give a JSONL file (one {{\"prompt\": ...}} per line)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PromptFileError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PromptFileError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                              "save the file as UTF-8") from None
+
+
+def _parse_line(line: str, where: str, normalize: Callable[[str], str]) -> tuple[PromptRecord, list[str]]:
+    """The record of one line, and the words of its "words" field that its prompt does not contain."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
@@ -120,4 +152,8 @@ def _parse_line(line: str, where: str) -> PromptRecord:
     elif not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
         raise PromptFileError(f'{where}: "words" must be a list of strings')
     meta = {k: v for k, v in obj.items() if k not in ("prompt", "words")}
-    return PromptRecord(obj["prompt"], tuple(w.lower() for part in words for w in part.split()), meta)
+    rec = PromptRecord(obj["prompt"], tuple(normalize(w).lower() for part in words for w in part.split()), meta)
+    if "words" not in obj:
+        return rec, []
+    text = normalize(obj["prompt"]).lower()  # as the model reads it
+    return rec, [w for w in rec.words if w not in text]

@@ -54,10 +54,11 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 def write_records(records: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
+    """Write records as JSONL through a temporary file and a rename: `path` may be the file they were
+    read from, and a failed write must leave it whole."""
+    from varrl.fileio import atomic_write_text
+
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def histogram(records: list[dict]) -> dict[str, int]:
@@ -160,4 +161,9 @@ def sample_mix(records: list[dict], target: dict[str, float], n: int, seed: int)
 def filter_bins(records: list[dict], bins: list[str]) -> list[dict]:
     """The records whose bin is among `bins`, in file order."""
     keep = set(bins)
-    return [r for r in records if region_bin(region_count(r)) in keep]
+    chosen = [r for r in records if region_bin(region_count(r)) in keep]
+    if records and not chosen:
+        have = ", ".join(b for b, c in histogram(records).items() if c)
+        raise RegionMixError(f"no prompt falls in bins {', '.join(bins)} (the prompts are in bins {have}); "
+                             "nothing was written: choose other --bins")
+    return chosen

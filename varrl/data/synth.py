@@ -8,6 +8,7 @@ from whatever the system has installed.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -70,6 +71,20 @@ class SynthConfig:
     """every n-th word of the list is reserved for the held-out split (0: no reserved words)"""
 
     def __post_init__(self) -> None:
+        from varrl.config_checks import at_least, check_ranges, probability
+
+        check_ranges(self, {"image_size": at_least(16), "max_regions": at_least(1), "cap_px": at_least(1),
+                            "word_len": at_least(1), "cell_px": at_least(1), "min_contrast": probability,
+                            "heldout_every": at_least(0, "(0: no reserved words)")})
+        for name in ("cap_px", "word_len"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                from varrl.config_types import FieldError
+
+                raise FieldError(name, f"is a range [low, high] with low <= high, got {[lo, hi]}")
+        bad_p = {k: v for k, v in self.region_mix.items() if not (math.isfinite(v) and v >= 0)}
+        if bad_p:
+            raise ValueError(f"region_mix probabilities must be finite and >= 0, got {bad_p}")
         bad = [k for k in self.region_mix if k not in REGION_BINS]
         if bad:
             raise ValueError(f"region_mix keys must be among {REGION_BINS}, got {bad}")

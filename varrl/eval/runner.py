@@ -141,24 +141,31 @@ def load_clip(spec: str | None, device: str = "cpu"):
 
 
 def score_chunks(chunks: Iterable[Chunk], total: int, ocr: OcrPool, clip=None, desc: str = "scoring",
-                 in_flight: int = 4) -> list[ItemScore]:
+                 in_flight: int = 4, failed: list[str] | None = None) -> list[ItemScore]:
     """OCR every chunk in the pool's workers while the next chunk is made or loaded; CLIPScore (when
     `clip` is given) runs here meanwhile. At most `in_flight` chunks wait for OCR at once, which bounds
-    memory on large images. Returns one ItemScore per image, in order."""
+    memory on large images. Returns one ItemScore per image, in order; an image the OCR engine fails
+    on (e.g. 4000x10 pixels) is left out and its key added to `failed`, so one odd file does not end
+    a long evaluation (failed=None: the engine's error ends it)."""
     window: deque = deque()
     out: list[ItemScore] = []
     bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
 
     def collect_oldest() -> None:
         items, handle, clips = window.popleft()
-        for it, words, c in zip(items, OcrPool.result(handle), clips):
+        for it, words, c in zip(items, OcrPool.result_each(handle), clips):
+            if isinstance(words, Exception):
+                if failed is None:
+                    raise words
+                failed.append(it.key)
+                continue
             reads = [w.text for w in words]
             out.append(ItemScore(it, word_stats(it.words, reads), reads, c))
         bar.update(len(items))
 
     try:
         for items, images in chunks:
-            handle = ocr.submit([np.ascontiguousarray(im) for im in images])
+            handle = ocr.submit([np.ascontiguousarray(im) for im in images], keep_errors=failed is not None)
             clips = [None] * len(items)
             if clip is not None:
                 clips = [float(s) for s in clip.score(images, [it.prompt for it in items])]

@@ -9,10 +9,16 @@ import torch
 from varrl.algorithms.grpo import group_advantages
 
 
+def sharpen_token_scores(logits_BLV: torch.Tensor, idx_BL: torch.Tensor) -> torch.Tensor:
+    """[B, L]: each token's d log p / d beta at beta = 1 when its logits are multiplied by beta
+    (the drawn token's logit minus the logits' mean under the policy)."""
+    probs = logits_BLV.softmax(-1)
+    return logits_BLV.gather(-1, idx_BL.unsqueeze(-1)).squeeze(-1) - (probs * logits_BLV).sum(-1)
+
+
 def sharpen_scores(logits_BLV: torch.Tensor, idx_BL: torch.Tensor, offsets: list[int]) -> torch.Tensor:
     """S [B, T]: d log p / d beta_t at beta = 1 when grid t's logits are multiplied by beta_t."""
-    probs = logits_BLV.softmax(-1)
-    centred_BL = logits_BLV.gather(-1, idx_BL.unsqueeze(-1)).squeeze(-1) - (probs * logits_BLV).sum(-1)
+    centred_BL = sharpen_token_scores(logits_BLV, idx_BL)
     return torch.stack([centred_BL[:, a:b].sum(1) for a, b in zip(offsets[:-1], offsets[1:])], 1)
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 
 from varrl.data.synth import SynthConfig, SynthGenerator
 from varrl.eval.cvtg import SUBSETS
+from varrl.fileio import atomic_write_text
 
 REGIONS = (2, 3, 4, 5)
 CARRIERS = ("sign", "card", "flag", "mug", "box", "tag", "cup", "van", "kite", "boat", "wall", "tent")
@@ -84,7 +85,6 @@ def build_synth_cvtg(root: str | Path, per_file: int = 24, seed: int = 0, max_ch
                     path.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(sample.image).save(path)
             path = root / subset / f"{n}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"data_list": records}, indent=1) + "\n", encoding="utf-8")
+            atomic_write_text(path, json.dumps({"data_list": records}, indent=1) + "\n")
             written.append(path)
     return written

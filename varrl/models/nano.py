@@ -31,6 +31,15 @@ class NanoConfig:
     max_text_len: int = 128
     """longest prompt in characters, BOS included"""
 
+    def __post_init__(self) -> None:
+        from varrl.config_checks import at_least, check_ranges, positive
+        from varrl.config_types import FieldError
+
+        check_ranges(self, {"dim": at_least(1), "depth": at_least(1), "heads": at_least(1), "mlp_ratio": positive,
+                            "text_depth": at_least(1), "max_text_len": at_least(2)})
+        if self.dim % self.heads:
+            raise FieldError("dim", f"must be a multiple of heads ({self.heads}), got {self.dim}")
+
 
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int):

@@ -44,6 +44,16 @@ class TokenizerConfig:
         return self.image_size // self.sides[-1]
 
     def __post_init__(self) -> None:
+        from varrl.config_checks import Range, at_least, check_ranges
+
+        check_ranges(self, {"image_size": at_least(1), "sides": at_least(1), "vocab_size": at_least(2),
+                            "code_dim": at_least(1), "channels": at_least(4), "res_blocks": at_least(0),
+                            "refine_channels": at_least(1), "n_phi": at_least(1), "phi_ratio": Range(0, 1),
+                            "beta": at_least(0)})
+        if not self.sides:
+            from varrl.config_types import FieldError
+
+            raise FieldError("sides", "is empty: give the grid side of each step, e.g. [1, 2, 4, 8]")
         if self.image_size % self.sides[-1]:
             raise ValueError(f"image_size {self.image_size} must be a multiple of the last grid side {self.sides[-1]}")
         if self.channels % 4:

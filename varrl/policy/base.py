@@ -32,3 +32,8 @@ class NextScalePolicy(Protocol):
     def check_prompts(self, prompts: list[str]) -> None:
         """Raise a clear error for a prompt this model cannot take (before any long work starts)."""
         ...
+
+    def prompt_text(self, text: str) -> str:
+        """The text as the model reads it (e.g. accents dropped): a reward's target words go through
+        the same mapping, so that rendering exactly what the model was asked for scores as correct."""
+        ...

@@ -1,9 +1,7 @@
 """Loading model directories: the shipped nano weights, exported runs, and checkpoints.
 
 A model directory holds `config.json` ({"format": "varrl-nano/1", "tokenizer": {...},
-"model": {...}}), `tokenizer.safetensors` and `model.safetensors`; a LoRA run's also holds
-`adapter.safetensors`, with its settings in config.json's "lora" entry (load_policy puts the
-adapters back on, unmerged). Published VAR checkpoints (a
+"model": {...}}), `tokenizer.safetensors` and `model.safetensors`. Published VAR checkpoints (a
 `.pth`/`.safetensors` file and its tokenizer) and VAR model directories ("varrl-var/1") load
 through varrl.policy.var_load; the kind is read off the path.
 """
@@ -21,8 +19,11 @@ from safetensors.torch import save_file
 
 from varrl.checkpoint import CheckpointError, atomic_write_text, load_into, load_tensors
 from varrl.config import ConfigError, from_dict, to_dict
+from varrl.models.infinity.files import is_infinity_path
 from varrl.models.nano import NanoConfig, NanoVAR
 from varrl.models.tokenizer import TokenizerConfig, VQTokenizer
+from varrl.policy.infinity_load import is_infinity_dir_meta, load_infinity_dir, load_infinity_file, save_infinity_policy
+from varrl.policy.infinity_policy import InfinityPolicy
 from varrl.policy.lora import LoraConfig, attach_lora
 from varrl.policy.nano_policy import NanoPolicy
 from varrl.policy.var_load import VAR_FORMAT, is_checkpoint_file, load_var_dir, load_var_file
@@ -38,13 +39,23 @@ def shipped_model_dir() -> Path:
 
 
 def load_policy(path: str | Path | None = None, device: str | torch.device = "cpu",
-                vae: str | Path | None = None) -> NanoPolicy | VarPolicy:
-    """The shipped nano policy (no argument), the model directory at `path`, or a published VAR
-    checkpoint file with its tokenizer file `vae` (default: vae_ch160v4096z32.pth beside it)."""
+                vae: str | Path | None = None, text_encoder: str | Path | None = None, schedule: str | None = None,
+                aspect_ratio: float | None = None, dtype: str | None = None) -> NanoPolicy | VarPolicy | InfinityPolicy:
+    """The shipped nano policy (no argument), the model directory at `path`, a published VAR
+    checkpoint file with its tokenizer file `vae` (default: vae_ch160v4096z32.pth beside it), or a
+    released Infinity transformer (`.pth`, `.safetensors`, or a folder of shards with its index)
+    with its BSQ tokenizer file `vae`, the Flan-T5 folder `text_encoder`, the scale `schedule`
+    ("1M" = 1024 px .. "0.06M" = 256 px), `aspect_ratio` (height / width) and compute `dtype`
+    ("float32", or "bfloat16": autocast, weights stay fp32)."""
     root = shipped_model_dir() if path is None else Path(path)
     if not root.exists():
         raise CheckpointError(f"checkpoint path not found: {root}")
+    if is_infinity_path(root):
+        return load_infinity_file(root, vae, text_encoder, schedule or "1M", 1.0 if aspect_ratio is None else
+                                  aspect_ratio, device, dtype or "float32")
+    infinity_args = {"text_encoder": text_encoder, "schedule": schedule, "aspect_ratio": aspect_ratio}
     if is_checkpoint_file(root):
+        _only_infinity(root, infinity_args, dtype)
         return load_var_file(root, vae, device)
     if root.is_dir() and not (root / "config.json").exists():
         for sub in ("last", "export"):  # an RL run dir holds last/, a pretraining run dir export/
@@ -59,12 +70,16 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
-    if meta.get("format") == VAR_FORMAT:
-        policy = load_var_dir(root, meta, device)
-    elif meta.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_file}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+    if is_infinity_dir_meta(meta):
+        policy = load_infinity_dir(root, meta, device, vae, text_encoder, schedule, aspect_ratio, dtype)
     else:
-        policy = _load_nano_dir(root, meta, device)
+        _only_infinity(root, infinity_args, dtype)
+        if meta.get("format") == VAR_FORMAT:
+            policy = load_var_dir(root, meta, device)
+        elif meta.get("format") != FORMAT:
+            raise CheckpointError(f"{cfg_file}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+        else:
+            policy = _load_nano_dir(root, meta, device)
     if "lora" in meta:
         _attach_saved_adapters(policy, root, meta["lora"])
     return policy
@@ -92,7 +107,6 @@ def _attach_saved_adapters(policy, root: Path, spec: dict) -> None:
     where = f"{root}/config.json"
     try:
         cfg = from_dict(LoraConfig, spec, "lora")
-        cfg.check("lora")
         with torch.random.fork_rng(devices=[]):  # the adapters' random init is overwritten below
             attach_lora(policy, cfg, key=f"{where}: lora")
     except ConfigError as e:
@@ -100,30 +114,42 @@ def _attach_saved_adapters(policy, root: Path, spec: dict) -> None:
     policy.lora.load_state_dict(_float32(load_tensors(root / ADAPTER_FILE)), f"{root}/{ADAPTER_FILE}")
 
 
-def save_policy(policy: NanoPolicy, dest: str | Path, extra: dict | None = None, keep_base: bool = False) -> Path:
+def _only_infinity(root: Path, given: dict, dtype: str | None) -> None:
+    named = [k for k, v in given.items() if v is not None] + (["dtype"] if dtype not in (None, "float32") else [])
+    if named:
+        raise CheckpointError(f"{root} is not an Infinity model: policy.{named[0]} applies to Infinity models only "
+                              "(leave it unset)")
+
+
+def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: dict | None = None,
+                keep_base: bool = False) -> Path:
     """Write `policy` as a model directory that `load_policy(dest)` reads, atomically: files go to a
     temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole).
-    `keep_base`: the policy has adapters and `dest` already holds its frozen base (the caller
-    knows it wrote it): link those files instead of writing the whole model again."""
+    With LoRA adapters: the base in its own layout plus adapter.safetensors; `keep_base`: `dest`
+    already holds this frozen base (the caller wrote it), so link those files instead of rewriting."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    fmt = VAR_FORMAT if isinstance(policy, VarPolicy) else FORMAT
     lora = getattr(policy, "lora", None)
-    meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg),
-            **({} if lora is None else {"lora": lora.describe()}), **(extra or {})}
-    files = {"tokenizer": policy.tokenizer.state_dict(),
-             "model": policy.model.state_dict() if lora is None else lora.base_state_dict()}
+    extra = {**({} if lora is None else {"lora": lora.describe()}), **(extra or {})}
+    if keep_base and lora is not None:
+        for name in ("model", "tokenizer"):
+            if (dest / f"{name}.safetensors").exists():
+                os.link(dest / f"{name}.safetensors", tmp / f"{name}.safetensors")
+    weights = policy.model.state_dict() if lora is None else lora.base_state_dict()  # the model's own layout
+    if isinstance(policy, InfinityPolicy):
+        save_infinity_policy(policy, tmp, extra, weights)
+    else:
+        fmt = VAR_FORMAT if isinstance(policy, VarPolicy) else FORMAT
+        meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg), **extra}
+        for name, sd in (("tokenizer", policy.tokenizer.state_dict()), ("model", weights)):
+            if not (tmp / f"{name}.safetensors").exists():  # else linked above
+                save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
+        atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
     if lora is not None:
-        files["adapter"] = lora.state_dict()
-    for name, sd in files.items():
-        if keep_base and lora is not None and name != "adapter" and (dest / f"{name}.safetensors").exists():
-            os.link(dest / f"{name}.safetensors", tmp / f"{name}.safetensors")
-            continue
-        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
-    atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
+        save_file({k: v.detach().contiguous().cpu() for k, v in lora.state_dict().items()}, str(tmp / ADAPTER_FILE))
     old = dest.with_name(f".{dest.name}.old")
     if dest.exists():
         if old.exists():

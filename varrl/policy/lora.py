@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from varrl.checkpoint import CheckpointError
-from varrl.config_types import ConfigError, to_dict
+from varrl.config_checks import Range, at_least, check_ranges, positive
+from varrl.config_types import ConfigError, FieldError, to_dict
 
 BLOCK_LINEARS = r"(.*\.)?blocks\.\d+\..*"
 """default targets of a model without `lora_targets`: every nn.Linear inside its `blocks.<i>`"""
@@ -53,23 +54,18 @@ class LoraConfig:
     def scale(self) -> float:
         return (self.rank if self.alpha is None else self.alpha) / self.rank
 
-    def check(self, key: str) -> None:
-        """Raise a ConfigError naming `key`.<field> for a bad value."""
-        if self.rank is not None and self.rank < 0:
-            raise ConfigError(f"{key}.rank must be >= 1 (null or 0: LoRA off), got {self.rank}", f"{key}.rank")
-        if self.alpha is not None and not self.alpha > 0:
-            raise ConfigError(f"{key}.alpha must be > 0 (null: equal to the rank), got {self.alpha}", f"{key}.alpha")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{key}.dropout must be in [0, 1), got {self.dropout}", f"{key}.dropout")
+    def __post_init__(self) -> None:
+        check_ranges(self, {"rank": at_least(0, "(null or 0: LoRA off)"), "alpha": positive,
+                            "dropout": Range(0, 1, hi_open=True)})
         t = self.targets
         if isinstance(t, str):
             try:
                 re.compile(t)
             except re.error as e:
-                raise ConfigError(f"{key}.targets={t!r} is not a regular expression: {e}", f"{key}.targets") from e
+                raise FieldError("targets", f"is not a regular expression ({e}): {t!r}") from None
         elif t is not None and (not t or not all(t)):
-            raise ConfigError(f"{key}.targets must name at least one layer and no empty names (null: the "
-                              f"model's attention and MLP layers), got {t!r}", f"{key}.targets")
+            raise FieldError("targets", f"must name at least one layer and no empty names (null: the model's "
+                             f"attention and MLP layers), got {t!r}")
 
 
 def select_modules(names: list[str], targets: list[str] | str) -> list[str]:

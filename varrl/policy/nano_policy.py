@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from varrl.models.nano import NanoVAR, fork_caches, fork_context, gather_contexts
-from varrl.models.text import batch_prompts
+from varrl.models.text import batch_prompts, normalize_prompt
 from varrl.models.tokenizer import VQTokenizer
-from varrl.policy.sampler import SamplerConfig, draw, sampling_logits, token_logprobs
+from varrl.policy.sampler import SamplerConfig, SamplerConfigError, draw, sampling_logits, token_logprobs
 from varrl.policy.trajectory import Trajectory
 
 
@@ -39,6 +39,9 @@ class NanoPolicy:
 
     def check_prompts(self, prompts: list[str]) -> None:
         batch_prompts(list(prompts), self.model.cfg.max_text_len)
+
+    def prompt_text(self, text: str) -> str:
+        return normalize_prompt(text)
 
     def _fork_context(self, ctx: dict, n: int) -> dict:
         return fork_context(ctx, n)
@@ -72,6 +75,9 @@ class NanoPolicy:
         steps = T if steps is None else steps
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if sampler.cfg_insertion_layer != 0:
+            raise SamplerConfigError("sampler.cfg_insertion_layer is for Infinity models; this model mixes guidance "
+                                     "on the logits only (set it to 0)")
         if start is None:
             if not prompts:
                 raise ValueError("rollout needs at least one prompt")

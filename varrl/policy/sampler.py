@@ -16,9 +16,13 @@ from typing import Literal
 
 import torch
 
+from varrl.config_checks import Range, at_least, check_choice, check_ranges
+from varrl.config_types import FieldError
 
-class SamplerConfigError(ValueError):
-    pass
+
+class SamplerConfigError(FieldError):
+    """A sampler setting out of range; `key` is the field (sampler.<key> in a run config, --<key> on
+    the command line)."""
 
 
 class NonFiniteError(RuntimeError):
@@ -39,20 +43,21 @@ class SamplerConfig:
     """keep the smallest set of tokens with this total probability (0 or 1: off)"""
     temperature: float = 1.0
     logprob_mode: Literal["plain", "sampling"] = "plain"
+    cfg_insertion_layer: int = 0
+    """where guidance mixes the two branches: 0 on the logits (every model); k < 0 (Infinity
+    only) on the hidden states after block depth+k, the conditional branch continuing with them"""
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise SamplerConfigError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise SamplerConfigError(f"top_p must be in [0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise SamplerConfigError(f"top_k must be >= 0, got {self.top_k}")
-        if self.cfg < 0:
-            raise SamplerConfigError(f"cfg must be >= 0, got {self.cfg}")
-        if self.cfg_schedule not in ("linear", "constant"):
-            raise SamplerConfigError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
-        if self.logprob_mode not in ("plain", "sampling"):
-            raise SamplerConfigError(f"logprob_mode must be 'plain' or 'sampling', got {self.logprob_mode!r}")
+        try:
+            check_ranges(self, {"cfg": at_least(0, "(0: no guidance)"), "top_k": at_least(0, "(0: off)"),
+                                "top_p": Range(0, 1, note="(0 or 1: off)"),
+                                "temperature": Range(0, lo_open=True),
+                                "cfg_insertion_layer": Range(hi=0, note="(0: guidance on the logits; k < 0: on the "
+                                                                        "hidden states after block depth+k)")})
+            check_choice(self, "cfg_schedule", ("linear", "constant"))
+            check_choice(self, "logprob_mode", ("plain", "sampling"))
+        except FieldError as err:
+            raise SamplerConfigError(err.key, err.problem) from None
 
     def guidance(self, step: int, num_steps: int) -> float:
         """Guidance strength at 0-based step `step` of `num_steps`."""

@@ -50,6 +50,9 @@ class VarPolicy(NanoPolicy):
     def check_prompts(self, prompts: list[int | str]) -> None:
         self.labels(list(prompts))
 
+    def prompt_text(self, text: str) -> str:
+        return str(text)  # class labels: nothing to map
+
     def rollout(self, prompts: list[int | str] | None, n: int, sampler: SamplerConfig,
                 generator: torch.Generator | None = None, start: Trajectory | None = None,
                 steps: int | None = None) -> Trajectory:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from varrl.config import to_dict
 from varrl.eval.cvtg import EvalError
+from varrl.fileio import atomic_write_text
 from varrl.policy.sampler import SamplerConfig
 
 
@@ -68,6 +69,8 @@ def run_cvtg(cfg: EvalConfig) -> dict:
 
     data = Path(cfg.data) if cfg.data else shipped_cvtg_root()
     items = interleave(read_cvtg(data), cfg.limit or None)
+    if cfg.images and not Path(cfg.images).is_dir():
+        raise EvalError(f"--images folder not found: {cfg.images}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
@@ -89,7 +92,7 @@ def run_cvtg(cfg: EvalConfig) -> dict:
             policy = load_policy(cfg.checkpoint, device=device)
             chunks = generate_chunks(policy, items, out, cfg.sampler, cfg.seed, cfg.batch, gen_log)
             desc = "generating+scoring"
-        scores = score_chunks(chunks, len(items), ocr, clip, desc)
+        scores = score_chunks(chunks, len(items), ocr, clip, desc, failed=load_log.unreadable)
     elapsed = time.perf_counter() - t0
     _warn_missing(load_log, len(items), cfg.images)
     if not scores:
@@ -103,13 +106,12 @@ def run_cvtg(cfg: EvalConfig) -> dict:
         "clip_model": cfg.clip_model if clip is not None else None, "clip_note": clip_note,
         "seed": cfg.seed, "sampler": None if cfg.images else to_dict(cfg.sampler), "seconds": round(elapsed, 1),
     })
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (out / "metrics.md").write_text(f"# CVTG evaluation of {metrics['source']}\n\nbenchmark: `{data}`, "
-                                    f"{len(scores)} of {len(items)} images scored\n\n{markdown_table(metrics)}")
-    with open(out / "reads.jsonl", "w", encoding="utf-8") as f:
-        for s in scores:
-            f.write(json.dumps({"key": s.item.key, "prompt": s.item.prompt, "words": s.item.words, "reads": s.reads,
-                                "hits": s.words.hits, "ned": s.words.ned, "clip_score": s.clip}) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    atomic_write_text(out / "metrics.md", f"# CVTG evaluation of {metrics['source']}\n\nbenchmark: `{data}`, "
+                                          f"{len(scores)} of {len(items)} images scored\n\n{markdown_table(metrics)}")
+    atomic_write_text(out / "reads.jsonl", "".join(
+        json.dumps({"key": s.item.key, "prompt": s.item.prompt, "words": s.item.words, "reads": s.reads,
+                    "hits": s.words.hits, "ned": s.words.ned, "clip_score": s.clip}) + "\n" for s in scores))
     if gen_log.truncated:
         print(f"varrl eval: note: {len(gen_log.truncated)} prompts were longer than the model reads and were "
               "shortened for generation (listed in metrics.json, prompts_shortened); scoring uses the full prompts",
@@ -121,7 +123,9 @@ def _warn_missing(log, total: int, images_dir: str | None) -> None:
     for name, keys in (("missing", log.missing), ("unreadable", log.unreadable)):
         if keys:
             shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
-            print(f"varrl eval: warning: {len(keys)} of {total} images {name} under {images_dir} ({shown}); "
+            where = f" under {images_dir}" if images_dir else ""
+            why = " (not an image file, or one the OCR engine fails on)" if name == "unreadable" else ""
+            print(f"varrl eval: warning: {len(keys)} of {total} images {name}{where}{why} ({shown}); "
                   "they are left out of the scores and listed in metrics.json", file=sys.stderr)
 
 
@@ -162,4 +166,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise EvalError("give --checkpoint (generate images) or --images (score existing images), not both")
     if cfg.limit < 0 or cfg.batch < 1 or cfg.ocr_workers < 0:
         raise EvalError("--limit must be >= 0, --batch >= 1 and --ocr-workers >= 0")
+    from varrl.trainer.checks import check_device
+
+    check_device(cfg.device, "--device")
     return BENCHMARKS[cfg.benchmark](cfg)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from varrl.config import RunConfig, load_config, save_config
+from varrl.config_checks import Range, at_least, check_device_name, check_ranges, positive
 from varrl.data.synth import SynthConfig
 from varrl.models.nano import NanoConfig
 from varrl.models.tokenizer import TokenizerConfig
@@ -40,6 +41,14 @@ class TokenizerTrainConfig:
     init_from: str | None = None
     """model directory whose tokenizer weights start this stage (with steps=0: used as they are)"""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {
+            "steps": at_least(0), "batch_size": at_least(1), "lr": positive, "warmup": at_least(0),
+            "weight_decay": at_least(0), "grad_clip": at_least(0, "(0: no clipping)"), "l2_weight": at_least(0),
+            "text_weight": at_least(0), "vq_weight": at_least(0), "restart_every": at_least(0, "(0: never)"),
+            "dead_code_threshold": at_least(0), "log_every": at_least(1), "sample_every": at_least(1),
+            "save_every": at_least(1), "ocr_eval_images": at_least(0), "pca_images": at_least(0)})
+
 
 @dataclass
 class ModelTrainConfig:
@@ -67,6 +76,14 @@ class ModelTrainConfig:
     """model directory (e.g. varrl/assets/nano) whose transformer weights start this run, with a
     fresh optimizer: continues pretraining when the original run directory is gone"""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {
+            "steps": at_least(0), "batch_size": at_least(1), "lr": positive, "warmup": at_least(0),
+            "weight_decay": at_least(0), "grad_clip": at_least(0, "(0: no clipping)"),
+            "cond_drop": Range(0, 1, hi_open=True), "text_weight": at_least(0), "log_every": at_least(1),
+            "save_every": at_least(1), "eval_every": at_least(1), "eval_prompts": at_least(1),
+            "eval_cfg": at_least(0)})
+
 
 @dataclass
 class PretrainConfig:
@@ -85,6 +102,10 @@ class PretrainConfig:
     """torch device for training ('cpu', 'cuda', 'cuda:1', or 'auto' = cuda when available)"""
     export_dtype: Literal["float32", "float16"] = "float16"
     """precision of the exported model directory (training checkpoints stay float32)"""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"ocr_workers": at_least(0, "(0: OCR in this process)")})
+        check_device_name(self, "device")
 
 
 def export_run(run_dir: str, dest: str, overrides: list[str]) -> Path:

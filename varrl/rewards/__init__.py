@@ -6,8 +6,10 @@ Add a reward by writing a `Reward` subclass with its own settings dataclass, the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from varrl.config_types import FieldError
 from varrl.rewards.base import CombinedReward, Pending, Reward, RewardResult, check_inputs
 from varrl.rewards.classifier import ClassifierConfig, ClassifierReward
 from varrl.rewards.clip_score import ClipScoreConfig, ClipScoreReward
@@ -38,6 +40,20 @@ class RewardConfig:
     hpsv3: HpsV3Config = field(default_factory=HpsV3Config)
     jpeg: JpegConfig = field(default_factory=JpegConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def __post_init__(self) -> None:
+        example = "e.g. reward.weights={text_ocr: 1.0}"
+        if not self.weights:
+            raise FieldError("weights", f"is empty; name at least one of {', '.join(sorted(REWARDS))}: {example}")
+        unknown = [name for name in self.weights if name not in REWARDS]
+        if unknown:
+            raise FieldError("weights", f"names unknown reward(s) {unknown}; valid names: {sorted(REWARDS)}")
+        for name, w in self.weights.items():
+            if not math.isfinite(w):
+                raise FieldError(f"weights.{name}", f"must be a finite number, got {w}")
+        if not any(self.weights.values()):
+            raise FieldError("weights", "are all 0, so every reward is only logged and the update has nothing to "
+                                        f"follow; give at least one reward a non-zero weight, {example}")
 
 
 def build_reward(cfg: RewardConfig) -> Reward:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from varrl.config_checks import at_least, check_device_name, check_ranges
 from varrl.rewards.base import Reward, RewardResult, check_inputs
 from varrl.rewards.hf import ModelUnavailable, import_transformers, model_location, resolve_device, to_pil
 
@@ -72,6 +73,10 @@ class ClassifierConfig:
     """torch device of the classifier ('auto': cuda when available)"""
     batch_size: int = 32
     """images per forward pass"""
+
+    def __post_init__(self) -> None:
+        check_device_name(self, "device")
+        check_ranges(self, {"batch_size": at_least(1)})
 
 
 class ClassifierReward(Reward):

@@ -310,6 +310,10 @@ class HpsV3Config:
     """images per forward pass"""
 
     def __post_init__(self) -> None:
+        from varrl.config_checks import at_least, check_device_name, check_ranges
+
+        check_device_name(self, "device")
+        check_ranges(self, {"batch_size": at_least(1)})
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ValueError(f"hpsv3.dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
 

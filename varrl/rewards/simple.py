@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from varrl.config_checks import check_ranges, probability
 from varrl.rewards.base import Reward, RewardResult, check_inputs
 
 
@@ -15,6 +16,9 @@ class BrightnessConfig:
 
     target: float = 0.5
     """mean pixel value in [0, 1] that scores best"""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"target": probability})
 
 
 class BrightnessReward(Reward):

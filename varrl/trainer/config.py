@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from varrl.config import ConfigError, RunConfig
+from varrl.config import RunConfig
+from varrl.config_checks import Range, at_least, check_device_name, check_ranges, positive, seed_range
+from varrl.config_types import FieldError
 from varrl.data.synth import SynthConfig
 from varrl.policy.lora import LoraConfig
 from varrl.policy.sampler import SamplerConfig
@@ -33,12 +35,27 @@ def nano_sampler() -> SamplerConfig:
 @dataclass
 class PolicyConfig:
     path: str | None = None
-    """model directory to start from (default: the shipped nano model), or a published VAR
-    checkpoint file (var_d16.pth ..: class-conditional, conditions are class labels)"""
+    """model directory to start from (default: the shipped nano model), a published VAR
+    checkpoint file (var_d16.pth ..: class-conditional, conditions are class labels), or a released
+    Infinity transformer (infinity_2b_reg.pth, or the infinity_8b_weights/ shard folder)"""
     vae: str | None = None
-    """tokenizer file of a VAR checkpoint (default: vae_ch160v4096z32.pth beside it)"""
+    """tokenizer file of a VAR checkpoint (default: vae_ch160v4096z32.pth beside it), or the BSQ
+    tokenizer file of an Infinity model (infinity_vae_d32reg.pth for Infinity-2B)"""
+    text_encoder: str | None = None
+    """Infinity only: the Flan-T5-XL folder (tokenizer + encoder, as transformers saves it)"""
+    schedule: str | None = None
+    """Infinity only: scale schedule '1M' (1024 px), '0.60M', '0.25M' (512 px) or '0.06M' (256 px)
+    (null: 1M)"""
+    aspect_ratio: float | None = None
+    """Infinity only: image height / width; the nearest released template is used (null: 1.0)"""
+    dtype: str | None = None
+    """Infinity only: 'float32', or 'bfloat16' (transformer under bf16 autocast, weights and optimizer
+    state stay fp32) (null: float32)"""
     device: str = "cpu"
     """torch device: 'cpu', 'cuda', 'cuda:1' or 'auto' (under torchrun, cuda means cuda:<local rank>)"""
+
+    def __post_init__(self) -> None:
+        check_device_name(self, "device")
 
 
 @dataclass
@@ -81,6 +98,31 @@ class TrainConfig:
     """images per samples/step_XXXXXX.png grid (taken from the evaluation)"""
     threads: int = 0
     """torch intra-op threads (0: torch's default)"""
+    grad_checkpointing: bool = False
+    """recompute each transformer block in the backward pass instead of storing its activations
+    (Infinity models; less memory for about a third more update time)"""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {
+            "steps": at_least(1), "prompts_per_step": at_least(1),
+            "group_size": at_least(2, "(GRPO compares samples within a group)"), "lr": positive,
+            "warmup": at_least(0), "weight_decay": at_least(0), "betas": Range(0, 1, hi_open=True),
+            "grad_clip": at_least(0, "(0: no clipping)"), "epochs": at_least(1), "micro_batch": at_least(1),
+            "eval_every": at_least(0, "(0: only at the start and the end)"), "eval_prompts": at_least(1),
+            "eval_seed": seed_range, "save_every": at_least(1, "(the last step is always saved)"),
+            "keep_checkpoints": at_least(1, "(how many of the newest to keep; a large number keeps all)"),
+            "samples_in_grid": at_least(1), "threads": at_least(0, "(0: torch's default)")})
+        if self.trainable is not None:
+            import re
+
+            try:
+                re.compile(self.trainable)
+            except re.error as e:
+                raise FieldError("trainable", f"is not a regular expression ({e}): {self.trainable!r}") from None
+        if self.lora.enabled and self.trainable is not None:
+            raise FieldError("trainable", f"cannot be combined with train.lora.rank={self.lora.rank}: with LoRA only "
+                             "the adapters train (the base weights stay frozen, they are the KL reference); choose "
+                             f"the adapted layers with train.lora.targets instead, got {self.trainable!r}")
 
 
 @dataclass
@@ -101,11 +143,18 @@ class VmrConfig:
     """KL coefficient of the prefix updates, whose two stages the paper regularises separately
     (null: rl.kl_beta, which the suffix and plain updates always use)"""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {"k": at_least(1), "eta": positive, "suffix_prefixes": at_least(1),
+                            "prefix_kl_beta": at_least(0, "(0: no KL term)")})
+
 
 @dataclass
 class PanwConfig:
     alpha: float | None = 0.6
     """step weight k_t = (h_t*w_t)^-alpha on the sum of the step's token terms (null: off)"""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"alpha": Range(0, 2, note="(the paper uses 0.6; null switches PANW off)")})
 
 
 @dataclass
@@ -120,6 +169,20 @@ class MpConfig:
     """grow the finest-grid mask by this many cells (OCR boxes are tight)"""
     mask_kl: bool = False
     """gate the KL term too (default: the KL keeps the whole image anchored)"""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"threshold": Range(0, 1, lo_open=True, note="(a share of a cell's area)"),
+                            "dilation": at_least(0)})
+
+
+@dataclass
+class CharCreditConfig:
+    """Character-level credit (varrl.algorithms.char_credit): with the OCR reward, the tokens of each
+    read letter take that letter's own group advantage (read as asked or not) instead of the image's."""
+
+    enabled: bool = False
+    outside: Literal["image", "zero"] = "image"
+    """what the part of a cell outside every letter takes: the image's advantage, or nothing"""
 
 
 METHOD_PRESETS: dict[str, dict] = {
@@ -150,6 +213,11 @@ class RlConfig:
     of train.steps, then suffix updates) or 'a:b'"""
     panw: PanwConfig = field(default_factory=PanwConfig)
     mp: MpConfig = field(default_factory=MpConfig)
+    char_credit: CharCreditConfig = field(default_factory=CharCreditConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"adv_clip": positive, "clip_low": Range(0, 1, lo_open=True, hi_open=True),
+                            "clip_high": positive, "kl_beta": at_least(0, "(0: no KL term)")})
 
     def kl_beta_for(self, stage: str) -> float:
         """The KL coefficient of an update of `stage` ('full', 'prefix' or 'suffix')."""
@@ -191,23 +259,7 @@ class TrainRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
-        t = self.train
-        for name in ("steps", "prompts_per_step", "group_size", "micro_batch", "epochs", "eval_prompts"):
-            if getattr(t, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-        if t.group_size < 2:
-            raise ValueError("train.group_size must be >= 2: GRPO compares samples within a group")
-        if self.rl.vmr.enabled and self.rl.vmr.k < 1:
-            raise ValueError(f"rl.vmr.k must be >= 1, got {self.rl.vmr.k}")
-        for name, beta in (("rl.kl_beta", self.rl.kl_beta), ("rl.vmr.prefix_kl_beta", self.rl.vmr.prefix_kl_beta)):
-            if beta is not None and beta < 0:
-                raise ValueError(f"{name} must be >= 0 (0: no KL term), got {beta}")
-        t.lora.check("train.lora")
-        if t.lora.enabled and t.trainable is not None:
-            raise ConfigError(f"train.trainable={t.trainable!r} cannot be combined with train.lora.rank={t.lora.rank}: "
-                              "with LoRA only the adapters train (the base weights must stay frozen, they are the "
-                              "KL reference); choose the adapted layers with train.lora.targets instead",
-                              "train.trainable")
+        # Each section checks its own ranges; what is left are rules that span sections.
         from varrl.algorithms.stages import parse_alternation
 
         parse_alternation(self.rl.alternation)  # a bad pattern fails at load time, naming the key

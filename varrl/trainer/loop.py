@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -14,11 +15,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from varrl.algorithms.char_credit import mark_advantages, token_advantages
 from varrl.algorithms.grpo import degenerate_groups, group_advantages
 from varrl.algorithms.masks import batch_step_masks
 from varrl.algorithms.panw import step_weights
 from varrl.algorithms.stages import stage_at
-from varrl.checkpoint import latest_checkpoint
+from varrl.checkpoint import CheckpointError, latest_checkpoint
 from varrl.config import ConfigError
 from varrl.data.prompts import ClassPrompts, JsonlPrompts, SynthPrompts
 from varrl.policy.load import load_policy, save_policy
@@ -34,14 +36,16 @@ from varrl.trainer.state import RngState, load_train_checkpoint, save_train_chec
 from varrl.trainer.update import NonFiniteLossError, UpdatePlan, policy_update
 
 
-def prompt_sources(cfg: TrainRunConfig):
+def prompt_sources(cfg: TrainRunConfig, normalize=None):
+    """(train, held-out) prompt sources; `normalize` (the policy's prompt_text) maps the target words
+    of prompt files to what the model reads."""
     d = cfg.data
     if d.classes is not None:  # a class-conditional model: labels instead of text prompts
         held_out = d.eval_classes if d.eval_classes is not None else d.classes
         return (ClassPrompts(d.classes, cfg.run.seed),
                 ClassPrompts(held_out, eval_seed(cfg) + 1, "data.eval_classes"))
-    train = JsonlPrompts(d.prompts_file) if d.prompts_file else SynthPrompts(d.synth, "train", cfg.run.seed)
-    ev = (JsonlPrompts(d.eval_prompts_file) if d.eval_prompts_file
+    train = JsonlPrompts(d.prompts_file, normalize) if d.prompts_file else SynthPrompts(d.synth, "train", cfg.run.seed)
+    ev = (JsonlPrompts(d.eval_prompts_file, normalize) if d.eval_prompts_file
           else SynthPrompts(d.synth, "heldout", eval_seed(cfg)))
     return train, ev
 
@@ -60,13 +64,21 @@ class Trainer:
     """Holds what a run needs (policy, frozen reference, optimizer, generator, reward, writer) and
     runs it: `run()` is the loop, `step()` one rollout -> reward -> advantage -> update round."""
 
-    def __init__(self, cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool):
+    def __init__(self, cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool, warnings=()):
         self.cfg, self.run_dir, self.info, self.t_start = cfg, run_dir, info, time.perf_counter()
         tc = cfg.train
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(cfg.run.seed)
-        self.policy = load_policy(cfg.policy.path, device=pick_device(cfg.policy.device, info), vae=cfg.policy.vae)
+        pc = cfg.policy
+        self.policy = load_policy(pc.path, device=pick_device(pc.device, info), vae=pc.vae,
+                                  text_encoder=pc.text_encoder, schedule=pc.schedule, aspect_ratio=pc.aspect_ratio,
+                                  dtype=pc.dtype)
+        if tc.grad_checkpointing:
+            if not hasattr(self.policy.model, "grad_checkpointing"):
+                raise ConfigError("train.grad_checkpointing is implemented for Infinity models only; set it to false",
+                                  "train.grad_checkpointing")
+            self.policy.model.grad_checkpointing = True
         merge_adapters(self.policy)  # a LoRA-trained start: its adapters fold into the weights this run starts from
         self.lora = attach_lora(self.policy, tc.lora) if tc.lora.enabled else None
         self.lora_checked = self.base_saved = False
@@ -80,7 +92,7 @@ class Trainer:
             params = select_trainable(self.policy.model, tc.trainable)
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + info.rank)  # this rank's noise
-        self.train_prompts, eval_source = prompt_sources(cfg)
+        self.train_prompts, eval_source = prompt_sources(cfg, self.policy.prompt_text)
         self.eval_records = [eval_source[i] for i in range(tc.eval_prompts)]
         # Fail now, not an hour in, on a prompt the model cannot read.
         for source in (self.train_prompts, eval_source):
@@ -96,6 +108,9 @@ class Trainer:
             self.start = state["step"]
             self.wall_before = float(state.get("wall_s", 0.0))  # checkpoints before this field: unknown, 0
         self.writer = RunWriter(run_dir, self.start if resume else None) if info.main else None
+        self.noted: set[str] = set()  # kinds of "the update did nothing" already reported this session
+        for w in warnings:  # found before the start (varrl.trainer.checks): kept for report.md
+            self.note(self.start, "start", w, echo=False)
         self.reward = build_reward(cfg.reward)
         self.mine = info.shard(tc.prompts_per_step)
         self.m = resolve_split(cfg.rl.vmr.m, self.policy.schedule) if cfg.rl.vmr.enabled else None
@@ -147,7 +162,7 @@ class Trainer:
         lo = sum(len(r) for r, _ in every[: info.rank])
         adv_B = adv_all[lo: lo + len(batch.returns)].float()
         skipped, flat = degenerate_groups(all_returns, all_groups)
-        if skipped and info.main:
+        if skipped and info.main and skipped < len(torch.unique(all_groups)):
             tqdm.write(f"warning: step {step + 1}: {skipped} group(s) got only NaN rewards; skipped")
         # 3. Update the rows that have a return, on the steps this stage trains.
         t0 = time.perf_counter()
@@ -160,7 +175,19 @@ class Trainer:
             return None
         m = step_metrics(parts, batch.stage, skipped, flat, lr)
         self.writer.metrics(step + 1, m)
+        for kind, text in no_signal(m, len(torch.unique(all_groups)), skipped, cfg.train.trainable):
+            self.note(step + 1, kind, f"step {step + 1}: {text}")
         return m
+
+    def note(self, step: int, kind: str, text: str, echo: bool = True) -> None:
+        """A loud warning, once per kind and session: on the console and in metrics.jsonl, from which
+        report.md lists it."""
+        if self.writer is None or (kind != "start" and kind in self.noted):
+            return
+        self.noted.add(kind)
+        if echo:
+            tqdm.write(f"WARNING: {text}", file=sys.stderr)
+        self.writer.metrics(step, {"warning": text})
 
     def rollout(self, step: int, records) -> StageBatch:
         cfg, tc, vmr = self.cfg, self.cfg.train, self.cfg.rl.vmr
@@ -178,7 +205,7 @@ class Trainer:
         keep = torch.nonzero(~torch.isnan(batch.returns)).flatten()
         with nullcontext() if self.lora is None else self.lora.dropout_active():
             out = policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep],
-                                self.plan(batch, keep), self.cfg.rl, self.cfg.train,
+                                self.plan(batch, keep, adv_B[keep]), self.cfg.rl, self.cfg.train,
                                 self.optimizer if optimizer is None else optimizer, self.info)
         if self.lora is not None and not self.lora_checked and len(keep):
             self.lora.check_reached()  # a layer the model never calls would hold a dead adapter
@@ -190,8 +217,9 @@ class Trainer:
         rl = self.cfg.rl
         return group_advantages(batch.returns, batch.traj.group, rl.adv_norm, clip=rl.adv_clip).float()
 
-    def plan(self, batch: StageBatch, keep: torch.Tensor) -> UpdatePlan:
-        """PANW weights and MP masks for the steps this batch trains (plain GRPO: neither)."""
+    def plan(self, batch: StageBatch, keep: torch.Tensor, adv_B: torch.Tensor | None = None) -> UpdatePlan:
+        """PANW weights, MP masks and character-level advantages for the steps this batch trains
+        (plain GRPO: none of them)."""
         rl, sched = self.cfg.rl, self.policy.schedule
         weights = step_weights([sched.tokens_per_step[t] for t in batch.steps], rl.panw.alpha)
         masks = None
@@ -201,7 +229,15 @@ class Trainer:
             all_steps = batch_step_masks(boxes, (H, W), list(sched.grids), rl.mp.pool, rl.mp.threshold,
                                          rl.mp.dilation)
             masks = [all_steps[t] for t in batch.steps]
-        return UpdatePlan(batch.steps, weights, masks, rl.mp.mask_kl, rl.kl_beta_for(batch.stage))
+        token_adv = None
+        if rl.char_credit.enabled and adv_B is not None and batch.stage != "prefix" and batch.reward.marks:
+            # Prefix rows are judged by a soft value over completions, not by one read: no letters to credit.
+            marks = [batch.reward.marks[i] for i in keep.tolist()]
+            adv_key = mark_advantages(marks, batch.traj.group[keep])
+            all_steps = token_advantages(marks, adv_key, adv_B, tuple(batch.images.shape[1:3]), list(sched.grids),
+                                         rl.char_credit.outside)
+            token_adv = [all_steps[t] for t in batch.steps]
+        return UpdatePlan(batch.steps, weights, masks, rl.mp.mask_kl, rl.kl_beta_for(batch.stage), token_adv)
 
     def evaluate(self, at: int) -> None:
         tc = self.cfg.train
@@ -218,13 +254,18 @@ class Trainer:
     def save(self, at: int) -> None:
         rngs = gather_objects(self.info, RngState.capture(self.gen))
         if self.info.main:
-            save_train_checkpoint(self.run_dir / "checkpoints", at, self.policy.model, self.optimizer, rngs,
-                                  {"data_position": at * self.cfg.train.prompts_per_step, "wall_s": self.wall_s()},
-                                  self.cfg.train.keep_checkpoints, self.lora)
-            # With adapters the base is frozen: after this session's first save only the adapters are new.
-            save_policy(self.policy, self.run_dir / "last", {"trained": {"rl_steps": at, "run": self.run_dir.name}},
-                        keep_base=self.base_saved)
-            self.base_saved = self.lora is not None
+            where = self.run_dir / "checkpoints"
+            try:
+                save_train_checkpoint(where, at, self.policy.model, self.optimizer, rngs,
+                                      {"data_position": at * self.cfg.train.prompts_per_step, "wall_s": self.wall_s()},
+                                      self.cfg.train.keep_checkpoints, self.lora)
+                where = self.run_dir / "last"
+                # With adapters the base is frozen: after this session's first save only the adapters are new.
+                save_policy(self.policy, where, {"trained": {"rl_steps": at, "run": self.run_dir.name}},
+                            keep_base=self.base_saved)
+                self.base_saved = self.lora is not None
+            except (OSError, RuntimeError) as e:  # a full disk shows as either (torch's zip writer: RuntimeError)
+                raise CheckpointWriteError(where, at, e, self.run_dir) from e
         barrier(self.info)
 
     def finish(self) -> dict | None:
@@ -244,9 +285,41 @@ class Trainer:
         return self.wall_before + time.perf_counter() - self.t_start
 
 
-def train(cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool) -> dict | None:
-    """Run (or continue) the RL run in run_dir; returns the report on rank 0."""
-    return Trainer(cfg, run_dir, info, resume).run()
+def train(cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool, warnings=()) -> dict | None:
+    """Run (or continue) the RL run in run_dir; returns the report on rank 0. `warnings` (from the
+    checks before the start) go into the run's metrics and report.md."""
+    return Trainer(cfg, run_dir, info, resume, warnings).run()
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (full disk, lost mount, ...): the run stops with one line."""
+
+    def __init__(self, where: Path, step: int, err: Exception, run_dir: Path):
+        if isinstance(err, OSError):
+            from varrl.errors import os_error_line
+
+            reason = os_error_line(err)
+        else:  # torch's writer reports a full disk as "[enforce fail at inline_container.cc] unexpected pos"
+            reason = "the write failed (is the disk full?)"
+        super().__init__(f"cannot write the step-{step} checkpoint under {where}: {reason}. The run stopped; free "
+                         f"space and continue with --resume {run_dir} (it restarts from the last checkpoint)")
+
+
+def no_signal(m: dict, groups: int, skipped: int, trainable: str | None) -> list[tuple[str, str]]:
+    """(kind, message) for each reason the step's update could not move the policy."""
+    out = []
+    if groups and skipped == groups:
+        out.append(("all_nan", f"all {groups} groups got only NaN rewards (the reward applies to none of the "
+                               "prompts): the update had nothing to train on"))
+    fracs = [v for k, v in m.items() if k.startswith("scale/") and k.endswith("/mask_frac")]
+    if not out and fracs and all(v == 0 for v in fracs):  # (no rows at all also leaves the masks empty)
+        out.append(("empty_masks", "every MP mask of the trained grids is empty, so the policy term has no "
+                                   "gradient (see rl.mp and the reward's boxes in samples/masks_step_*.png)"))
+    if m.get("policy/grad_norm") == 0 and not out:
+        why = ("train.trainable selects parameters the loss does not reach, or " if trainable else "")
+        out.append(("zero_grad", "the update's gradient is exactly 0, most likely because " + why + "every "
+                                 "group's rewards were equal (no advantage) while the KL term is still 0"))
+    return out
 
 
 def select_trainable(model: torch.nn.Module, pattern: str | None) -> list[torch.nn.Parameter]:

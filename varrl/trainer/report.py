@@ -151,13 +151,17 @@ def write_report(run_dir: Path, summary: dict) -> dict:
     recs = read_metrics(run_dir)
     evals = eval_rows(recs)
     kl = kl_by_stage(recs)
-    report = {"eval": evals, "kl_to_start": kl, **summary}
+    warnings = list(dict.fromkeys(r["warning"] for r in recs if "warning" in r))
+    report = {"eval": evals, "kl_to_start": kl, "warnings": warnings, **summary}
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
 
     def fmt(v):
         return "n/a" if v is None else f"{v:.3f}"
 
     lines = [f"# Run `{run_dir.name}`", ""]
+    if warnings:
+        lines += ["## Warnings", "", "Read these first: the run may not have trained on what you meant.", ""]
+        lines += [f"- {w}" for w in warnings] + [""]
     if evals:
         first, last = evals[0], evals[-1]
         lines += [f"Held-out evaluation ({summary.get('eval_prompts', '?')} prompts, fixed seed): reward "

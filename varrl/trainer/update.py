@@ -31,6 +31,7 @@ class UpdatePlan:
     masks: list[torch.Tensor] | None = None  # per trained step (same order), [B, n_t] in {0, 1}; None: all on
     mask_kl: bool = False
     kl_beta: float | None = None  # this update's KL coefficient (None: rl.kl_beta)
+    token_adv: list[torch.Tensor] | None = None  # per trained step, [B, n_t] advantages that replace adv_B
 
 
 def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, plan: UpdatePlan,
@@ -70,8 +71,8 @@ def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, pla
         if broadcast_flag(info, bad or not math.isfinite(sums["loss"])):
             raise NonFiniteLossError("the loss or its gradient is not finite; the update was not applied")
         average_gradients_(info, params)
-        if train.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip).item()
+        # The norm is logged with clipping off too (an infinite threshold measures without clipping).
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip if train.grad_clip > 0 else math.inf).item()
         optimizer.step()
         if not all(torch.isfinite(p).all() for p in params):
             raise NonFiniteLossError("the update made the weights non-finite")
@@ -101,7 +102,8 @@ def _token_terms(lp, old, ref, adv_b, plan: UpdatePlan, rows, rl: RlConfig, beta
     terms, max_dev = [], 0.0
     for i, (t, lp_t, old_t) in enumerate(zip(plan.steps, lp, old)):
         st = per_step[t]
-        pg_Bl, clipped_Bl = clipped_policy_term(lp_t, old_t, adv_b, rl.clip_low, rl.clip_high)
+        adv = adv_b if plan.token_adv is None else plan.token_adv[i][rows].to(lp_t.device)
+        pg_Bl, clipped_Bl = clipped_policy_term(lp_t, old_t, adv, rl.clip_low, rl.clip_high)
         mask = None if plan.masks is None else plan.masks[i][rows].to(lp_t.device, lp_t.dtype)
         term = pg_Bl if mask is None else pg_Bl * mask
         if ref is not None:

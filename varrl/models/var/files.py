@@ -28,17 +28,30 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     elif path.suffix in TORCH_SUFFIXES:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{path} could not be loaded as weights only ({first[:200]}). varrl never runs "
-                                  "pickled code from a checkpoint: re-save the state dict alone (torch.save("
-                                  "model.state_dict(), ...)) or convert it to safetensors") from None
+        except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as e:
+            raise CheckpointError(torch_load_refusal(path, e)) from None
     else:
         raise CheckpointError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .pth or .safetensors")
     if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                       for k, v in sd.items()):
         raise CheckpointError(f"{path} does not hold a flat state dict (name -> tensor)")
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def torch_load_refusal(path: Path, err: Exception) -> str:
+    """Why a torch file did not load with weights_only=True, and what to do: a file that holds Python
+    objects besides tensors is re-saved as safetensors; anything else is not a (whole) torch file.
+    torch's own text is not quoted: it suggests weights_only=False, which would run the file's code."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle stream (0x80 first).
+    is_torch_file = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    if is_torch_file and "weights only load failed" in str(err).lower():
+        return (f"{path} holds Python objects besides tensors, and varrl never runs pickled code from a "
+                "checkpoint. Re-save the state dict alone as safetensors where the model was made "
+                "(safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) and pass that file")
+    return (f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: the file is damaged, cut short, "
+            "or of another format); download or export it again, or pass a .safetensors file")
 
 
 def _need(sd: dict, key: str, where: str) -> torch.Tensor:

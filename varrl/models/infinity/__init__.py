@@ -1,0 +1,1 @@
+"""FoundationVision's Infinity text-to-image next-scale models: transformer, BSQ tokenizer, T5 text path."""
