@@ -13,6 +13,7 @@ own reward, a held-out gain is out of reach.
 
     python benchmarks/learnability.py [--steps 40] [--prompt 0] [key=value ...]
     python benchmarks/learnability.py train.trainable='bias$' train.lr=1e-3
+    python benchmarks/learnability.py train.lora.rank=8 train.lr=1e-3
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def main() -> None:
     cfg = load_config(TrainRunConfig, None, ["rl.method=grpo", "train.prompts_per_step=1", "train.eval_prompts=1",
                                             *args.overrides], apply_method_preset)
     q = max(1, args.steps // 4)
-    print(f"method {cfg.rl.method}, lr {cfg.train.lr}, trainable {cfg.train.trainable or 'all'}, "
+    lora = cfg.train.lora
+    train = (f"LoRA rank {lora.rank} scale {lora.scale:g} on {lora.targets or 'the default layers'}" if lora.enabled
+             else f"trainable {cfg.train.trainable or 'all'}")
+    print(f"method {cfg.rl.method}, lr {cfg.train.lr}, {train}, "
           f"{cfg.train.prompts_per_step} x {cfg.train.group_size} samples per update, {args.steps} updates")
     for control in (False, True):
         prompt, rows = train_one_prompt(cfg, args.prompt, args.steps, control)

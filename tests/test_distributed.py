@@ -9,15 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from tinymodel import build_tiny, write_model_dir
 
 
-def torchrun(model, run_dir, name, steps):
+def torchrun(model, run_dir, name, steps, *extra):
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "varrl",
             "train", f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}",
             "reward.weights={brightness: 1.0}", "train.prompts_per_step=4", "train.group_size=4",
             f"train.steps={steps}", "train.eval_every=2", "train.save_every=1", "train.eval_prompts=5",
-            "train.micro_batch=4", "train.lr=3e-3", "rl.adv_norm=batch", "rl.vmr.m=2"]
+            "train.micro_batch=4", "train.lr=3e-3", "rl.adv_norm=batch", "rl.vmr.m=2", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,25 @@ def test_two_processes_train_and_report(model, tmp_path):
     single = subprocess.run([sys.executable, "-m", "varrl", "train", "--resume", str(run), "train.steps=4"],
                             capture_output=True, text=True)
     assert single.returncode == 2 and "--nproc-per-node 2" in single.stderr
+
+
+def test_two_processes_train_lora_adapters(model, tmp_path):
+    extra = ("train.lora.rank=2", "rl.kl_beta=0.1", "train.lr=1e-2")
+    out = subprocess.run(torchrun(model, tmp_path, "lora", 2, *extra), capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = tmp_path / "lora" / "last"
+    before, after = load_file(str(model / "model.safetensors")), load_file(str(last / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the base stays frozen on every rank
+    adapters = load_file(str(last / "adapter.safetensors"))
+    assert max(v.abs().max().item() for k, v in adapters.items() if ".lora_B." in k) > 0
+    recs = [json.loads(ln) for ln in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "policy/kl" in r] == [1, 2]
+    # Resuming under torchrun loads the checkpoint's adapters on every rank.
+    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              "-m", "varrl", "train", "--resume", str(tmp_path / "lora"), "train.steps=3"],
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
 
 
 def _worker_pids(parent: int) -> dict[int, int]:

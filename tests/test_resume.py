@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 from tinymodel import build_tiny, write_model_dir
 
 
-def run_args(model, run_dir, name):
+def run_args(model, run_dir, name, extra=()):
     return [sys.executable, "-m", "varrl", "train", f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}",
             "reward.weights={brightness: 1.0}", "train.prompts_per_step=2", "train.group_size=4", "train.steps=12",
             "train.eval_every=4", "train.save_every=1", "train.eval_prompts=4", "train.micro_batch=4",
-            "train.lr=3e-3", "train.warmup=2", "train.threads=1", "sampler.cfg=1.5", "sampler.top_k=20", "rl.vmr.m=2"]
+            "train.lr=3e-3", "train.warmup=2", "train.threads=1", "sampler.cfg=1.5", "sampler.top_k=20", "rl.vmr.m=2",
+            *extra]
 
 
 def without_perf(path):
@@ -27,14 +28,19 @@ def without_perf(path):
     return out
 
 
-@pytest.mark.parametrize("kill_after", [0, 3, 7])  # 0: as soon as config.yaml is written
-def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
+LORA = ("train.lora.rank=2", "train.lora.dropout=0.1", "rl.kl_beta=0.05")
+"""adapters with dropout (torch's RNG in the update) and a KL term (the adapters-off reference)"""
+
+
+# 0: as soon as config.yaml is written
+@pytest.mark.parametrize("kill_after,extra", [(0, ()), (3, ()), (7, ()), (5, LORA)], ids=["0", "3", "7", "lora-5"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after, extra):
     model = tmp_path / "model"
     write_model_dir(model, *build_tiny(model_kwargs=dict(max_text_len=128)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(run_args(model, tmp_path, "full"), env=env, check=True, capture_output=True)
+    subprocess.run(run_args(model, tmp_path, "full", extra), env=env, check=True, capture_output=True)
 
-    proc = subprocess.Popen(run_args(model, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(run_args(model, tmp_path, "killed", extra), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     killed = tmp_path / "killed"
     ckpt = killed / "config.yaml" if kill_after == 0 else killed / "checkpoints" / f"step_{kill_after:08d}"
@@ -51,9 +57,10 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     assert without_perf(tmp_path / "killed" / "metrics.jsonl") == without_perf(tmp_path / "full" / "metrics.jsonl")
-    a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
-    b = load_file(str(tmp_path / "killed" / "last" / "model.safetensors"))
-    assert all((a[k] == b[k]).all() for k in a)
+    for weights in ("model", "adapter") if extra else ("model",):
+        a = load_file(str(tmp_path / "full" / "last" / f"{weights}.safetensors"))
+        b = load_file(str(tmp_path / "killed" / "last" / f"{weights}.safetensors"))
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     ra = json.loads((tmp_path / "full" / "report.json").read_text())["eval"]
     rb = json.loads((tmp_path / "killed" / "report.json").read_text())["eval"]
     assert ra == rb and [e["step"] for e in ra] == [0, 4, 8, 12]

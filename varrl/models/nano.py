@@ -112,6 +112,9 @@ class Block(nn.Module):
 
 
 class NanoVAR(nn.Module):
+    lora_targets = r"blocks\.\d+\.(attn\.(qkv|proj)|xattn\.(q|kv|proj)|mlp\.[02])"
+    """train.lora's default layers: self- and cross-attention and MLP Linears of every block (not AdaLN)"""
+
     def __init__(self, cfg: NanoConfig, schedule: ScaleSchedule, vocab_size: int, code_dim: int):
         super().__init__()
         self.cfg, self.schedule, self.vocab_size = cfg, schedule, vocab_size

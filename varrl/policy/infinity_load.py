@@ -90,10 +90,14 @@ def _assemble(model, vae, text_encoder, schedule, aspect_ratio, device, dtype, w
     return InfinityPolicy(model.to(device), tok_vae.to(device), tokenizer, encoder, sched, rope_hw, amp, sources)
 
 
-def save_infinity_policy(policy: InfinityPolicy, folder: Path, extra: dict | None = None) -> None:
-    """Write config.json + model.safetensors (released key layout) into an existing empty folder."""
-    sd = {k: v.detach().contiguous().cpu() for k, v in policy.model.state_dict().items()}
-    save_file(sd, str(folder / "model.safetensors"))
+def save_infinity_policy(policy: InfinityPolicy, folder: Path, extra: dict | None = None,
+                         weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write config.json + model.safetensors (released key layout) into an existing folder.
+    `weights`: the model tensors to write (default: the model's state dict; with LoRA, the base's);
+    a model.safetensors already in the folder (linked by the caller) is kept."""
+    if not (folder / "model.safetensors").exists():
+        sd = policy.model.state_dict() if weights is None else weights
+        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(folder / "model.safetensors"))
     meta = {"format": INFINITY_FORMAT, "model": to_dict(policy.model.cfg), "sources": policy.sources, **(extra or {})}
     atomic_write_text(folder / "config.json", json.dumps(meta, indent=1))
 

@@ -9,6 +9,7 @@ through varrl.policy.var_load; the kind is read off the path.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -23,11 +24,14 @@ from varrl.models.nano import NanoConfig, NanoVAR
 from varrl.models.tokenizer import TokenizerConfig, VQTokenizer
 from varrl.policy.infinity_load import is_infinity_dir_meta, load_infinity_dir, load_infinity_file, save_infinity_policy
 from varrl.policy.infinity_policy import InfinityPolicy
+from varrl.policy.lora import LoraConfig, attach_lora
 from varrl.policy.nano_policy import NanoPolicy
 from varrl.policy.var_load import VAR_FORMAT, is_checkpoint_file, load_var_dir, load_var_file
 from varrl.policy.var_policy import VarPolicy
 
 FORMAT = "varrl-nano/1"
+ADAPTER_FILE = "adapter.safetensors"
+"""a LoRA run's adapter tensors, beside the base model's model.safetensors (config.json names them in "lora")"""
 
 
 def shipped_model_dir() -> Path:
@@ -67,12 +71,22 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
     if is_infinity_dir_meta(meta):
-        return load_infinity_dir(root, meta, device, vae, text_encoder, schedule, aspect_ratio, dtype)
-    _only_infinity(root, infinity_args, dtype)
-    if meta.get("format") == VAR_FORMAT:
-        return load_var_dir(root, meta, device)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_file}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+        policy = load_infinity_dir(root, meta, device, vae, text_encoder, schedule, aspect_ratio, dtype)
+    else:
+        _only_infinity(root, infinity_args, dtype)
+        if meta.get("format") == VAR_FORMAT:
+            policy = load_var_dir(root, meta, device)
+        elif meta.get("format") != FORMAT:
+            raise CheckpointError(f"{cfg_file}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+        else:
+            policy = _load_nano_dir(root, meta, device)
+    if "lora" in meta:
+        _attach_saved_adapters(policy, root, meta["lora"])
+    return policy
+
+
+def _load_nano_dir(root: Path, meta: dict, device) -> NanoPolicy:
+    cfg_file = root / "config.json"
     try:
         tok_cfg = from_dict(TokenizerConfig, meta["tokenizer"], "tokenizer")
         model_cfg = from_dict(NanoConfig, meta["model"], "model")
@@ -87,6 +101,19 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
     return NanoPolicy(model.to(device), tok.to(device))
 
 
+def _attach_saved_adapters(policy, root: Path, spec: dict) -> None:
+    """A LoRA run's model directory: the base weights plus `adapter.safetensors`, put back on as
+    adapters (not merged: the policy computes exactly what it computed in training)."""
+    where = f"{root}/config.json"
+    try:
+        cfg = from_dict(LoraConfig, spec, "lora")
+        with torch.random.fork_rng(devices=[]):  # the adapters' random init is overwritten below
+            attach_lora(policy, cfg, key=f"{where}: lora")
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: bad lora entry: {e}") from e
+    policy.lora.load_state_dict(_float32(load_tensors(root / ADAPTER_FILE)), f"{root}/{ADAPTER_FILE}")
+
+
 def _only_infinity(root: Path, given: dict, dtype: str | None) -> None:
     named = [k for k, v in given.items() if v is not None] + (["dtype"] if dtype not in (None, "float32") else [])
     if named:
@@ -94,24 +121,35 @@ def _only_infinity(root: Path, given: dict, dtype: str | None) -> None:
                               "(leave it unset)")
 
 
-def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: dict | None = None) -> Path:
+def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: dict | None = None,
+                keep_base: bool = False) -> Path:
     """Write `policy` as a model directory that `load_policy(dest)` reads, atomically: files go to a
-    temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole)."""
+    temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole).
+    With LoRA adapters: the base in its own layout plus adapter.safetensors; `keep_base`: `dest`
+    already holds this frozen base (the caller wrote it), so link those files instead of rewriting."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    lora = getattr(policy, "lora", None)
+    extra = {**({} if lora is None else {"lora": lora.describe()}), **(extra or {})}
+    if keep_base and lora is not None:
+        for name in ("model", "tokenizer"):
+            if (dest / f"{name}.safetensors").exists():
+                os.link(dest / f"{name}.safetensors", tmp / f"{name}.safetensors")
+    weights = policy.model.state_dict() if lora is None else lora.base_state_dict()  # the model's own layout
     if isinstance(policy, InfinityPolicy):
-        save_infinity_policy(policy, tmp, extra)
+        save_infinity_policy(policy, tmp, extra, weights)
     else:
         fmt = VAR_FORMAT if isinstance(policy, VarPolicy) else FORMAT
-        meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg),
-                **(extra or {})}
-        for name, module in (("tokenizer", policy.tokenizer), ("model", policy.model)):
-            save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
-                      str(tmp / f"{name}.safetensors"))
+        meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg), **extra}
+        for name, sd in (("tokenizer", policy.tokenizer.state_dict()), ("model", weights)):
+            if not (tmp / f"{name}.safetensors").exists():  # else linked above
+                save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
         atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
+    if lora is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in lora.state_dict().items()}, str(tmp / ADAPTER_FILE))
     old = dest.with_name(f".{dest.name}.old")
     if dest.exists():
         if old.exists():

@@ -29,6 +29,7 @@ class NanoPolicy:
 
     def __init__(self, model: NanoVAR, tokenizer: VQTokenizer):
         self.model, self.tokenizer = model, tokenizer
+        self.lora = None  # LoRA adapters on self.model (varrl.policy.lora.attach_lora), if any
         self.tokenizer.requires_grad_(False)
         self.schedule = model.schedule
 

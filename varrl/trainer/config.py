@@ -9,6 +9,7 @@ from varrl.config import RunConfig
 from varrl.config_checks import Range, at_least, check_device_name, check_ranges, positive, seed_range
 from varrl.config_types import FieldError
 from varrl.data.synth import SynthConfig
+from varrl.policy.lora import LoraConfig
 from varrl.policy.sampler import SamplerConfig
 from varrl.rewards import RewardConfig
 
@@ -75,7 +76,11 @@ class TrainConfig:
     """max global gradient norm (0: no clipping)"""
     trainable: str | None = None
     """regular expression: train only the policy parameters whose names it matches (re.search), e.g.
-    'bias$' (biases only) or 'blocks\\.[67]\\.'; the rest stay frozen (null: train all)"""
+    'bias$' (biases only) or 'blocks\\.[67]\\.'; the rest stay frozen (null: train all). With train.lora on it
+    must stay null: only the adapters train"""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (docs/lora.md): with rank > 0 only the adapters train, and the KL reference is the
+    base model with the adapters off (no second copy of the weights)"""
     epochs: int = 1
     """updates per batch of rollouts (1 = on-policy: the ratio is exactly 1)"""
     micro_batch: int = 16
@@ -114,6 +119,10 @@ class TrainConfig:
                 re.compile(self.trainable)
             except re.error as e:
                 raise FieldError("trainable", f"is not a regular expression ({e}): {self.trainable!r}") from None
+        if self.lora.enabled and self.trainable is not None:
+            raise FieldError("trainable", f"cannot be combined with train.lora.rank={self.lora.rank}: with LoRA only "
+                             "the adapters train (the base weights stay frozen, they are the KL reference); choose "
+                             f"the adapted layers with train.lora.targets instead, got {self.trainable!r}")
 
 
 @dataclass

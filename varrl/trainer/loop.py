@@ -7,6 +7,7 @@ import copy
 import re
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from varrl.checkpoint import CheckpointError, latest_checkpoint
 from varrl.config import ConfigError
 from varrl.data.prompts import ClassPrompts, JsonlPrompts, SynthPrompts
 from varrl.policy.load import load_policy, save_policy
+from varrl.policy.lora import BaseModelView, attach_lora, merge_adapters
 from varrl.policy.sampler import NonFiniteError
 from varrl.rewards import build_reward
 from varrl.trainer.batches import StageBatch, full_batch, prefix_batch, suffix_batch
@@ -77,11 +79,18 @@ class Trainer:
                 raise ConfigError("train.grad_checkpointing is implemented for Infinity models only; set it to false",
                                   "train.grad_checkpointing")
             self.policy.model.grad_checkpointing = True
-        self.ref_policy = copy.deepcopy(self.policy) if cfg.rl.uses_kl() else None  # frozen start
-        if self.ref_policy is not None:
-            self.ref_policy.model.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(select_trainable(self.policy.model, tc.trainable), lr=tc.lr,
-                                           betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        merge_adapters(self.policy)  # a LoRA-trained start: its adapters fold into the weights this run starts from
+        self.lora = attach_lora(self.policy, tc.lora) if tc.lora.enabled else None
+        self.lora_checked = self.base_saved = False
+        if self.lora is not None:  # only the adapters train; the reference is the base with them off
+            self.ref_policy = BaseModelView(self.policy) if cfg.rl.uses_kl() else None
+            params = self.lora.parameters()
+        else:
+            self.ref_policy = copy.deepcopy(self.policy) if cfg.rl.uses_kl() else None  # frozen start
+            if self.ref_policy is not None:
+                self.ref_policy.model.requires_grad_(False)
+            params = select_trainable(self.policy.model, tc.trainable)
+        self.optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + info.rank)  # this rank's noise
         self.train_prompts, eval_source = prompt_sources(cfg, self.policy.prompt_text)
         self.eval_records = [eval_source[i] for i in range(tc.eval_prompts)]
@@ -93,7 +102,8 @@ class Trainer:
         self.start, self.wall_before = 0, 0.0
         ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
         if ckpt is not None:
-            state, rng = load_train_checkpoint(ckpt, self.policy.model, self.optimizer, info.rank, info.world)
+            state, rng = load_train_checkpoint(ckpt, self.policy.model, self.optimizer, info.rank, info.world,
+                                               self.lora)
             rng.restore(self.gen)
             self.start = state["step"]
             self.wall_before = float(state.get("wall_s", 0.0))  # checkpoints before this field: unknown, 0
@@ -193,9 +203,14 @@ class Trainer:
         apply), with this rank's advantages `adv_B` [B]; `optimizer` defaults to the run's own
         (benchmarks pass a zero-LR one to take the gradient without moving the weights)."""
         keep = torch.nonzero(~torch.isnan(batch.returns)).flatten()
-        return policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep],
-                             self.plan(batch, keep, adv_B[keep]), self.cfg.rl, self.cfg.train,
-                             self.optimizer if optimizer is None else optimizer, self.info)
+        with nullcontext() if self.lora is None else self.lora.dropout_active():
+            out = policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep],
+                                self.plan(batch, keep, adv_B[keep]), self.cfg.rl, self.cfg.train,
+                                self.optimizer if optimizer is None else optimizer, self.info)
+        if self.lora is not None and not self.lora_checked and len(keep):
+            self.lora.check_reached()  # a layer the model never calls would hold a dead adapter
+            self.lora_checked = True
+        return out
 
     def local_advantages(self, batch: StageBatch) -> torch.Tensor:
         """Advantages [B] of one batch on its own (the step gathers its batch over ranks first)."""
@@ -243,9 +258,12 @@ class Trainer:
             try:
                 save_train_checkpoint(where, at, self.policy.model, self.optimizer, rngs,
                                       {"data_position": at * self.cfg.train.prompts_per_step, "wall_s": self.wall_s()},
-                                      self.cfg.train.keep_checkpoints)
+                                      self.cfg.train.keep_checkpoints, self.lora)
                 where = self.run_dir / "last"
-                save_policy(self.policy, where, {"trained": {"rl_steps": at, "run": self.run_dir.name}})
+                # With adapters the base is frozen: after this session's first save only the adapters are new.
+                save_policy(self.policy, where, {"trained": {"rl_steps": at, "run": self.run_dir.name}},
+                            keep_base=self.base_saved)
+                self.base_saved = self.lora is not None
             except (OSError, RuntimeError) as e:  # a full disk shows as either (torch's zip writer: RuntimeError)
                 raise CheckpointWriteError(where, at, e, self.run_dir) from e
         barrier(self.info)

@@ -39,28 +39,39 @@ class RngState:
 
 
 def save_train_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                          rngs: list[RngState], extra: dict, keep: int) -> Path:
+                          rngs: list[RngState], extra: dict, keep: int, adapters=None) -> Path:
     """rngs: one per rank, in rank order. Tensors go to safetensors, the rest to JSON, the
-    optimizer to a .pt read back with weights_only=True."""
+    optimizer to a .pt read back with weights_only=True. With LoRA `adapters`, model.safetensors
+    holds only the adapter tensors: the frozen base is re-read from policy.path on resume."""
     rng_tensors = {}
     for r, s in enumerate(rngs):
         rng_tensors[f"rank{r}.torch"] = s.torch_state
         rng_tensors[f"rank{r}.rollout"] = s.rollout_state
     state = {"step": step, "world": len(rngs), **extra,
              "rng": [{"numpy": s.numpy_state, "python": s.python_state} for s in rngs]}
-    return save_checkpoint(root, step, {"model": model.state_dict(), "rng": rng_tensors}, state,
+    if adapters is not None:
+        state["lora"] = adapters.describe()
+    weights = model.state_dict() if adapters is None else adapters.state_dict()
+    return save_checkpoint(root, step, {"model": weights, "rng": rng_tensors}, state,
                            {"optimizer": optimizer.state_dict()}, keep=keep)
 
 
 def load_train_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                          rank: int, world: int) -> tuple[dict, RngState]:
-    """Load weights and optimizer in place; return the JSON state and this rank's RNG state."""
+                          rank: int, world: int, adapters=None) -> tuple[dict, RngState]:
+    """Load weights (with LoRA `adapters`: the adapter tensors) and optimizer in place; return the
+    JSON state and this rank's RNG state."""
     state = load_state(ckpt)
     saved_world = state.get("world", 1)
     if saved_world != world:
         raise CheckpointError(f"{ckpt} was written by {saved_world} processes but this run has {world}; resume "
                               f"with the same number of processes (torchrun --nproc-per-node {saved_world})")
-    model.load_state_dict(load_tensors(ckpt / "model.safetensors"))
+    if ("lora" in state) != (adapters is not None):
+        saved = f"with LoRA (train.lora.rank={state['lora']['rank']})" if "lora" in state else "without LoRA"
+        raise CheckpointError(f"{ckpt} was written {saved}; resume with the train.lora settings of the run")
+    if adapters is None:
+        model.load_state_dict(load_tensors(ckpt / "model.safetensors"))
+    else:
+        adapters.load_state_dict(load_tensors(ckpt / "model.safetensors"), f"{ckpt}/model.safetensors")
     optimizer.load_state_dict(load_object(ckpt / "optimizer.pt"))
     rng = load_tensors(ckpt / "rng.safetensors")
     js = state["rng"][rank]

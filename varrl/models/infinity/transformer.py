@@ -80,6 +80,10 @@ def block_causal_mask(grids) -> torch.Tensor:
 
 
 class Infinity(nn.Module):
+    lora_targets = (r"(blocks\.\d+|block_chunks\.\d+\.module\.\d+)"
+                    r"\.(sa\.(mat_qkv|proj)|ca\.(mat_q|mat_kv|proj)|ffn\.fc[12])")
+    """train.lora's default layers: self- and cross-attention and MLP Linears of every block (not AdaLN)"""
+
     def __init__(self, cfg: InfinityConfig):
         super().__init__()
         self.cfg = cfg

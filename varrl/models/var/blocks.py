@@ -41,7 +41,11 @@ class SelfAttention(nn.Module):
     def forward(self, x_BLC: torch.Tensor, bias_11LL: torch.Tensor | None, cache: dict | None) -> torch.Tensor:
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, self.head_dim)
+        if type(self.mat_qkv) is nn.Linear:
+            qkv = F.linear(x_BLC, self.mat_qkv.weight, bias)  # the published fused call
+        else:  # a LoRA-wrapped layer (varrl.policy.lora): call it, so that its adapter acts
+            qkv = self.mat_qkv(x_BLC) + bias
+        qkv = qkv.view(B, L, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, c]
         scale = 0.25 / math.sqrt(self.head_dim)
         if self.l2_norm:

@@ -77,6 +77,9 @@ def block_causal_bias(patch_nums: tuple[int, ...]) -> torch.Tensor:
 
 
 class VAR(nn.Module):
+    lora_targets = r"blocks\.\d+\.(attn\.(mat_qkv|proj)|ffn\.fc[12])"
+    """train.lora's default layers: the attention and MLP Linears of every block (not AdaLN)"""
+
     def __init__(self, cfg: VarConfig):
         super().__init__()
         self.cfg = cfg
