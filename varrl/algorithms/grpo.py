@@ -62,11 +62,10 @@ def degenerate_groups(rewards_B: torch.Tensor, group_B: torch.Tensor) -> tuple[i
 def clipped_policy_term(logp_Bl: torch.Tensor, logp_old_Bl: torch.Tensor, adv_B: torch.Tensor,
                         clip_low: float = 0.2, clip_high: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's pessimistic clipped surrogate per token, as a loss (to minimise):
-    -min(rho*A, clip(rho, 1-clip_low, 1+clip_high)*A), rho = exp(logp - logp_old). A is one advantage
-    per sample [B] or one per token [B, l] (character-level credit).
+    -min(rho*A, clip(rho, 1-clip_low, 1+clip_high)*A), rho = exp(logp - logp_old).
     Returns (loss_Bl, clipped_Bl): clipped marks the tokens whose gradient the clip removed."""
     ratio_Bl = torch.exp(logp_Bl - logp_old_Bl)
-    adv_B1 = (adv_B[:, None] if adv_B.dim() == 1 else adv_B).to(ratio_Bl.dtype)
+    adv_B1 = adv_B[:, None].to(ratio_Bl.dtype)
     unclipped = ratio_Bl * adv_B1
     clipped = ratio_Bl.clamp(1.0 - clip_low, 1.0 + clip_high) * adv_B1
     loss_Bl = -torch.minimum(unclipped, clipped)

@@ -27,9 +27,6 @@ class RewardResult:
     """named float [B] sub-scores, for logging"""
     texts: list[list[str]] | None = None
     """per image, the text that was read; None for rewards that read no text"""
-    marks: list[list] | None = None
-    """per image, localised letters (x0, y0, x1, y1, key, value) for character-level credit
-    (varrl.algorithms.char_credit); None for rewards that read no text"""
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
@@ -50,8 +47,6 @@ class RewardResult:
             self.components[key] = value_B
         if self.texts is not None and len(self.texts) != B:
             raise ValueError(f"RewardResult.texts has {len(self.texts)} entries for {B} images")
-        if self.marks is not None and len(self.marks) != B:
-            raise ValueError(f"RewardResult.marks has {len(self.marks)} entries for {B} images")
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -165,8 +160,7 @@ class CombinedReward(Reward):
                 components[f"{r.name}/{key}"] = value_B
         boxes = _concat_per_image(B, [res.boxes for res in results])
         texts = _concat_per_image(B, [res.texts for res in results])
-        marks = _concat_per_image(B, [res.marks for res in results])
-        return RewardResult(total_B, boxes, components, texts, marks)
+        return RewardResult(total_B, boxes, components, texts)
 
     def close(self) -> None:
         for r, _ in self.rewards:

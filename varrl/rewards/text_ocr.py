@@ -83,45 +83,6 @@ def text_ocr_terms(targets: list[str], reads: list[tuple[str, float]], lam: floa
     }
 
 
-def letter_marks(target: str, read: str, box: tuple[float, float, float, float], word: int) -> list[tuple]:
-    """The marks of one target word against the read credited with it.
-
-    Every target letter gets an entry; letters aligned (equal or substituted) with a read letter get
-    that letter's slice of the read box, deleted ones a box of None."""
-    x0, y0, x1, y1 = box
-    n = max(len(read), 1)
-    out: list = []
-    for op in Levenshtein.opcodes(target, read):
-        for k in range(op.src_end - op.src_start):
-            c = op.src_start + k
-            key = f"{word}:{c}"
-            if op.tag in ("equal", "replace") and op.dest_start + k < op.dest_end:
-                r = op.dest_start + k
-                xa, xb = x0 + (x1 - x0) * r / n, x0 + (x1 - x0) * (r + 1) / n
-                out.append((xa, y0, xb, y1, key, 1.0 if op.tag == "equal" else 0.0))
-            elif op.tag in ("delete", "replace"):
-                out.append((None, None, None, None, key, 0.0))
-    return out
-
-
-def word_marks(targets: list[str], reads: list[tuple[str, float, tuple]]) -> list:
-    """Letter marks (varrl.algorithms.char_credit) of one image: each target word aligned with the
-    read the Sim term credits it to (highest LD, ties to the higher confidence); a word with no read
-    sharing a letter gets value-0 marks without boxes. reads: (text, confidence, box)."""
-    g = [w for t in targets for w in t.lower().split()]
-    p = [(text.lower(), float(s), box) for text, s, box in reads]
-    marks: list = []
-    for k, w in enumerate(g):
-        lds = [ld(w, text) for text, _, _ in p]
-        best = max(lds, default=0.0)
-        if best < _TIE_TOL:  # no read shares a letter (LD's eps leaves a disjoint pair at ~1e-9)
-            marks.extend((None, None, None, None, f"{k}:{c}", 0.0) for c in range(len(w)))
-            continue
-        _, j = max((p[j][1], j) for j, v in enumerate(lds) if v >= best - _TIE_TOL)
-        marks.extend(letter_marks(w, p[j][0], p[j][2], k))
-    return marks
-
-
 def target_words(prompt: str, meta: dict) -> list[str]:
     """meta["words"] when given (a list of words or one string), else the quoted words of the prompt."""
     words = meta.get("words")
@@ -190,8 +151,6 @@ class TextOcrReward(Reward):
             boxes=[[w.box for w in ws] for ws in words],
             components={k: np.array([t[k] for t in terms]) for k in TERMS if k != "reward"},
             texts=[[w.text for w in ws] for ws in words],
-            marks=[word_marks(t, [(w.text, w.score, w.box) for w in ws]) if t else []
-                   for t, ws in zip(targets, words)],
         )
 
     def close(self) -> None:

@@ -69,10 +69,9 @@ class _Scorer:
 def cat_results(results: list[RewardResult]) -> RewardResult:
     boxes = None if any(r.boxes is None for r in results) else [b for r in results for b in r.boxes]
     texts = None if any(r.texts is None for r in results) else [t for r in results for t in r.texts]
-    marks = None if any(r.marks is None for r in results) else [m for r in results for m in r.marks]
     names = results[0].components.keys()
     return RewardResult(np.concatenate([r.scores for r in results]), boxes,
-                        {k: np.concatenate([r.components[k] for r in results]) for k in names}, texts, marks)
+                        {k: np.concatenate([r.components[k] for r in results]) for k in names}, texts)
 
 
 def _chunks(records: list[PromptRecord], rows_per_prompt: int, rows_per_chunk: int):

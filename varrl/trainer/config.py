@@ -175,16 +175,6 @@ class MpConfig:
                             "dilation": at_least(0)})
 
 
-@dataclass
-class CharCreditConfig:
-    """Character-level credit (varrl.algorithms.char_credit): with the OCR reward, the tokens of each
-    read letter take that letter's own group advantage (read as asked or not) instead of the image's."""
-
-    enabled: bool = False
-    outside: Literal["image", "zero"] = "image"
-    """what the part of a cell outside every letter takes: the image's advantage, or nothing"""
-
-
 METHOD_PRESETS: dict[str, dict] = {
     "grpo": {"vmr": {"enabled": False}, "panw": {"alpha": None}, "mp": {"enabled": False}},
     "var_rl": {"vmr": {"enabled": True}, "panw": {"alpha": 0.6}, "mp": {"enabled": True}, "alternation": "fine"},
@@ -213,7 +203,6 @@ class RlConfig:
     of train.steps, then suffix updates) or 'a:b'"""
     panw: PanwConfig = field(default_factory=PanwConfig)
     mp: MpConfig = field(default_factory=MpConfig)
-    char_credit: CharCreditConfig = field(default_factory=CharCreditConfig)
 
     def __post_init__(self) -> None:
         check_ranges(self, {"adv_clip": positive, "clip_low": Range(0, 1, lo_open=True, hi_open=True),

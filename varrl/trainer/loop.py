@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from varrl.algorithms.char_credit import mark_advantages, token_advantages
 from varrl.algorithms.grpo import degenerate_groups, group_advantages
 from varrl.algorithms.masks import batch_step_masks
 from varrl.algorithms.panw import step_weights
@@ -205,7 +204,7 @@ class Trainer:
         keep = torch.nonzero(~torch.isnan(batch.returns)).flatten()
         with nullcontext() if self.lora is None else self.lora.dropout_active():
             out = policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep],
-                                self.plan(batch, keep, adv_B[keep]), self.cfg.rl, self.cfg.train,
+                                self.plan(batch, keep), self.cfg.rl, self.cfg.train,
                                 self.optimizer if optimizer is None else optimizer, self.info)
         if self.lora is not None and not self.lora_checked and len(keep):
             self.lora.check_reached()  # a layer the model never calls would hold a dead adapter
@@ -217,9 +216,8 @@ class Trainer:
         rl = self.cfg.rl
         return group_advantages(batch.returns, batch.traj.group, rl.adv_norm, clip=rl.adv_clip).float()
 
-    def plan(self, batch: StageBatch, keep: torch.Tensor, adv_B: torch.Tensor | None = None) -> UpdatePlan:
-        """PANW weights, MP masks and character-level advantages for the steps this batch trains
-        (plain GRPO: none of them)."""
+    def plan(self, batch: StageBatch, keep: torch.Tensor) -> UpdatePlan:
+        """PANW weights and MP masks for the steps this batch trains (plain GRPO: neither)."""
         rl, sched = self.cfg.rl, self.policy.schedule
         weights = step_weights([sched.tokens_per_step[t] for t in batch.steps], rl.panw.alpha)
         masks = None
@@ -229,15 +227,7 @@ class Trainer:
             all_steps = batch_step_masks(boxes, (H, W), list(sched.grids), rl.mp.pool, rl.mp.threshold,
                                          rl.mp.dilation)
             masks = [all_steps[t] for t in batch.steps]
-        token_adv = None
-        if rl.char_credit.enabled and adv_B is not None and batch.stage != "prefix" and batch.reward.marks:
-            # Prefix rows are judged by a soft value over completions, not by one read: no letters to credit.
-            marks = [batch.reward.marks[i] for i in keep.tolist()]
-            adv_key = mark_advantages(marks, batch.traj.group[keep])
-            all_steps = token_advantages(marks, adv_key, adv_B, tuple(batch.images.shape[1:3]), list(sched.grids),
-                                         rl.char_credit.outside)
-            token_adv = [all_steps[t] for t in batch.steps]
-        return UpdatePlan(batch.steps, weights, masks, rl.mp.mask_kl, rl.kl_beta_for(batch.stage), token_adv)
+        return UpdatePlan(batch.steps, weights, masks, rl.mp.mask_kl, rl.kl_beta_for(batch.stage))
 
     def evaluate(self, at: int) -> None:
         tc = self.cfg.train
