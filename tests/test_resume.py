@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 from tinymodel import build_tiny, write_model_dir
 
 
-def run_args(model, run_dir, name):
+def run_args(model, run_dir, name, extra=()):
     return [sys.executable, "-m", "varrl", "train", f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}",
             "reward.weights={brightness: 1.0}", "train.prompts_per_step=2", "train.group_size=4", "train.steps=12",
             "train.eval_every=4", "train.save_every=1", "train.eval_prompts=4", "train.micro_batch=4",
-            "train.lr=3e-3", "train.warmup=2", "train.threads=1", "sampler.cfg=1.5", "sampler.top_k=20", "rl.vmr.m=2"]
+            "train.lr=3e-3", "train.warmup=2", "train.threads=1", "sampler.cfg=1.5", "sampler.top_k=20", "rl.vmr.m=2",
+            *extra]
 
 
 def without_perf(path):
@@ -29,12 +30,26 @@ def without_perf(path):
 
 @pytest.mark.parametrize("kill_after", [0, 3, 7])  # 0: as soon as config.yaml is written
 def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
+    check_kill_and_resume(tmp_path, kill_after)
+
+
+# The credit-assignment levers: each knob on, killed mid-run, resumed.
+@pytest.mark.parametrize("extra", [
+    ["rl.vmr.splits=[1, 2]"],
+    ["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0"],
+    ["rl.adv_norm=loo"],
+], ids=["per_scale", "region_credit", "loo"])
+def test_resume_is_bit_identical_with_each_lever(tmp_path, extra):
+    check_kill_and_resume(tmp_path, 3, extra)
+
+
+def check_kill_and_resume(tmp_path, kill_after, extra=()):
     model = tmp_path / "model"
     write_model_dir(model, *build_tiny(model_kwargs=dict(max_text_len=128)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(run_args(model, tmp_path, "full"), env=env, check=True, capture_output=True)
+    subprocess.run(run_args(model, tmp_path, "full", extra), env=env, check=True, capture_output=True)
 
-    proc = subprocess.Popen(run_args(model, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(run_args(model, tmp_path, "killed", extra), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     killed = tmp_path / "killed"
     ckpt = killed / "config.yaml" if kill_after == 0 else killed / "checkpoints" / f"step_{kill_after:08d}"
