@@ -4,7 +4,6 @@ evaluations, checkpoints that resume bit-identically, and the run directory's re
 from __future__ import annotations
 
 import copy
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -157,7 +156,7 @@ class Trainer:
         if batch.values is not None:  # per-scale: the mean soft value at each split, over all ranks
             values = torch.cat([p.values for p in every])
             for m_j, v in zip(self.splits, values.T):
-                m[f"stage/per_scale/value_{m_j}"] = float(v[~torch.isnan(v)].mean()) if (~v.isnan()).any() else math.nan
+                m[f"stage/per_scale/value_{m_j}"] = float(v.nanmean())  # NaN only when no value applies
         self.writer.metrics(step + 1, m)
         return m
 
