@@ -99,7 +99,8 @@ class VmrConfig:
     """per-scale Monte-Carlo advantages (VinePPO-style): VMR at every split listed, each given like m
     ([2, '32px', '8x8']); every update then trains all grids, grids m_(j-1)+1..m_j credited with
     V(s_mj) - V(s_m(j-1)) from k completions of the sample's own state, the last ones with R - V(s_mJ).
-    rl.vmr.m and rl.alternation are then unused (null or []: the single split m, prefix/suffix alternation)"""
+    rl.vmr.m, rl.alternation, suffix_prefixes and prefix_kl_beta are then unused (null or []: the single
+    split rl.vmr.m with the prefix/suffix alternation, the paper's method)"""
 
 
 @dataclass
@@ -173,7 +174,7 @@ class RlConfig:
         return self.vmr.enabled and bool(self.vmr.splits)
 
     def kl_beta_for(self, stage: str) -> float:
-        """The KL coefficient of an update of `stage` ('full', 'prefix' or 'suffix')."""
+        """The KL coefficient of an update of `stage` ('full', 'prefix', 'suffix' or 'per_scale')."""
         if stage == "prefix" and self.vmr.prefix_kl_beta is not None:
             return self.vmr.prefix_kl_beta
         return self.kl_beta
