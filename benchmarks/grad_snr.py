@@ -57,7 +57,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
         stages = {"full": 0}  # the first step of each stage the schedule runs
-        if cfg.rl.vmr.enabled:
+        if cfg.rl.per_scale:
+            stages = {"per_scale": 0}  # every update trains every grid
+        elif cfg.rl.vmr.enabled:
             stages = {}
             for step in range(cfg.train.steps):
                 stages.setdefault(stage_at(step, cfg.rl.alternation, cfg.train.steps), step)

@@ -103,3 +103,18 @@ def test_a_dead_rank_fails_the_job_instead_of_hanging(model, tmp_path):
         proc.kill()
         pytest.fail("torchrun hung after a rank died")
     assert rc != 0
+
+
+@pytest.mark.parametrize("extra", [
+    ["rl.vmr.splits=[1, 2]"],
+    ["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0",
+     "rl.adv_norm=loo"],
+], ids=["per_scale", "region_credit_loo"])
+def test_two_processes_with_the_credit_levers(model, tmp_path, extra):
+    # Values and word scores are gathered over ranks before the advantages, like the returns.
+    args = [*torchrun(model, tmp_path, "lever", 2), "train.eval_every=0", "train.save_every=2", *extra]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    recs = [json.loads(ln) for ln in (tmp_path / "lever" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "reward/mean" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all(r["policy/ratio_dev_first"] == 0.0 for r in steps)

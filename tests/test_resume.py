@@ -35,6 +35,20 @@ LORA = ("train.lora.rank=2", "train.lora.dropout=0.1", "rl.kl_beta=0.05")
 # 0: as soon as config.yaml is written
 @pytest.mark.parametrize("kill_after,extra", [(0, ()), (3, ()), (7, ()), (5, LORA)], ids=["0", "3", "7", "lora-5"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after, extra):
+    check_kill_and_resume(tmp_path, kill_after, extra)
+
+
+# The credit-assignment levers: each knob on, killed mid-run, resumed.
+@pytest.mark.parametrize("extra", [
+    ["rl.vmr.splits=[1, 2]"],
+    ["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0"],
+    ["rl.adv_norm=loo"],
+], ids=["per_scale", "region_credit", "loo"])
+def test_resume_is_bit_identical_with_each_lever(tmp_path, extra):
+    check_kill_and_resume(tmp_path, 3, extra)
+
+
+def check_kill_and_resume(tmp_path, kill_after, extra=()):
     model = tmp_path / "model"
     write_model_dir(model, *build_tiny(model_kwargs=dict(max_text_len=128)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -57,7 +71,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after, extra):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     assert without_perf(tmp_path / "killed" / "metrics.jsonl") == without_perf(tmp_path / "full" / "metrics.jsonl")
-    for weights in ("model", "adapter") if extra else ("model",):
+    lora = (tmp_path / "full" / "last" / "adapter.safetensors").exists()
+    assert lora == (extra == LORA)
+    for weights in ("model", "adapter") if lora else ("model",):
         a = load_file(str(tmp_path / "full" / "last" / f"{weights}.safetensors"))
         b = load_file(str(tmp_path / "killed" / "last" / f"{weights}.safetensors"))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)

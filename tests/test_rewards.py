@@ -294,6 +294,15 @@ def test_text_ocr_reward_end_to_end():
     for s, boxes in zip(samples, res.boxes[:4]):
         hits += all(max((_iou(t, b) for b in boxes), default=0.0) > 0.3 for t in s.boxes)
     assert hits >= 3, (res.boxes, [s.boxes for s in samples])
+    # Per-word scores: the image's Comp + Sim is their mean; a word read well has its box on the rendered word.
+    for i, s in enumerate(samples):
+        words = res.words[i]
+        assert [w.word for w in words] == [w.lower() for w in s.words]
+        assert np.mean([w.score for w in words]) == pytest.approx(res.components["comp"][i] + res.components["sim"][i])
+    placed = [max((_iou(t, b) for b in w.boxes), default=0.0) > 0.3 for s, ws in zip(samples, res.words[:4])
+              for t, w in zip(s.boxes, ws) if w.score > 1.0]
+    assert len(placed) >= 3 and all(placed), res.words
+    assert [w.boxes for w in res.words[4]] == [[]] and res.words[5] == []  # nothing read; no target words
 
 
 def test_dead_ocr_worker_is_an_error_not_a_hang(tmp_path):

@@ -10,13 +10,15 @@ from typing import Literal
 
 import torch
 
-AdvNorm = Literal["group", "batch", "none"]
+AdvNorm = Literal["group", "batch", "none", "loo"]
 
 
 def group_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor, norm: AdvNorm = "group",
                      eps: float = 1e-4, clip: float | None = None) -> torch.Tensor:
     """A_i = (R_i - mean of its group) / scale, with scale = the group's std ("group"), the std of
     the whole batch ("batch", as Flow-GRPO) or 1 ("none"). Stds are population stds (ddof 0).
+    "loo" (RLOO) is the leave-one-out baseline: A_i = R_i - mean of the OTHER valid rows of its
+    group = n/(n-1) * (R_i - mean), n the group's valid rows; no division by a std.
 
     NaN rewards are "not applicable": those rows get advantage 0 and take no part in the means and
     stds. A group left with fewer than two valid rows gets 0 everywhere."""
@@ -36,8 +38,11 @@ def group_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor, norm: AdvNo
         adv_B = centred_B / (std + eps)
     elif norm == "none":
         adv_B = centred_B
+    elif norm == "loo":
+        n_B = count_G[inv]
+        adv_B = centred_B * n_B / (n_B - 1).clamp(min=1)  # groups with n < 2 are zeroed below
     else:
-        raise ValueError(f"advantage norm must be 'group', 'batch' or 'none', got {norm!r}")
+        raise ValueError(f"advantage norm must be 'group', 'batch', 'none' or 'loo', got {norm!r}")
     # Zero where nothing is centred (flat groups: 0/0 with eps = 0) or a group has < 2 valid rows.
     adv_B = torch.where((count_G >= 2)[inv] & (centred_B != 0), adv_B, torch.zeros_like(adv_B))
     if clip is not None:
@@ -59,15 +64,16 @@ def degenerate_groups(rewards_B: torch.Tensor, group_B: torch.Tensor) -> tuple[i
     return all_nan, flat
 
 
-def clipped_policy_term(logp_Bl: torch.Tensor, logp_old_Bl: torch.Tensor, adv_B: torch.Tensor,
+def clipped_policy_term(logp_Bl: torch.Tensor, logp_old_Bl: torch.Tensor, adv: torch.Tensor,
                         clip_low: float = 0.2, clip_high: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's pessimistic clipped surrogate per token, as a loss (to minimise):
     -min(rho*A, clip(rho, 1-clip_low, 1+clip_high)*A), rho = exp(logp - logp_old).
+    `adv`: one advantage per sample [B], or one per token [B, l] (per-scale or region credit).
     Returns (loss_Bl, clipped_Bl): clipped marks the tokens whose gradient the clip removed."""
     ratio_Bl = torch.exp(logp_Bl - logp_old_Bl)
-    adv_B1 = adv_B[:, None].to(ratio_Bl.dtype)
-    unclipped = ratio_Bl * adv_B1
-    clipped = ratio_Bl.clamp(1.0 - clip_low, 1.0 + clip_high) * adv_B1
+    adv_Bl = (adv[:, None] if adv.dim() == 1 else adv).to(ratio_Bl.dtype)
+    unclipped = ratio_Bl * adv_Bl
+    clipped = ratio_Bl.clamp(1.0 - clip_low, 1.0 + clip_high) * adv_Bl
     loss_Bl = -torch.minimum(unclipped, clipped)
     return loss_Bl, (clipped < unclipped).detach()
 

@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+@dataclass(frozen=True)
+class WordScore:
+    """One target word's own score and where it was read, for region-level credit."""
+
+    word: str
+    score: float
+    """the word's own reward (text_ocr: its Comp + Sim; the image's Comp + Sim is their mean)"""
+    boxes: list[Box]
+    """pixel boxes of the reads that decided the score (empty: nothing read for this word)"""
 
 
 @dataclass
@@ -27,6 +38,8 @@ class RewardResult:
     """named float [B] sub-scores, for logging"""
     texts: list[list[str]] | None = None
     """per image, the text that was read; None for rewards that read no text"""
+    words: list[list[WordScore]] | None = None
+    """per image, each target word's own score and boxes (rewards that decompose over words)"""
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
@@ -47,6 +60,8 @@ class RewardResult:
             self.components[key] = value_B
         if self.texts is not None and len(self.texts) != B:
             raise ValueError(f"RewardResult.texts has {len(self.texts)} entries for {B} images")
+        if self.words is not None and len(self.words) != B:
+            raise ValueError(f"RewardResult.words has {len(self.words)} entries for {B} images")
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -97,6 +112,8 @@ class Reward:
     """Base class of rewards. Subclasses implement `__call__`; slow ones also override `submit`."""
 
     name: str = "reward"
+    per_word: bool = False
+    """whether results carry `words` (each target word's own score and boxes: region credit)"""
 
     def __call__(self, images_BHW3: np.ndarray, prompts: list[str], meta: list[dict]) -> RewardResult:
         """Score a batch: uint8 [B, H, W, 3] images, one prompt and one meta dict per image."""
@@ -134,6 +151,7 @@ class CombinedReward(Reward):
             if not math.isfinite(w):
                 raise ValueError(f"weight of reward {r.name!r} must be finite, got {w}")
         self.rewards = [(r, float(w)) for r, w in rewards]
+        self.per_word = any(r.per_word and w != 0 for r, w in self.rewards)
 
     def __call__(self, images_BHW3: np.ndarray, prompts: list[str], meta: list[dict]) -> RewardResult:
         return self.submit(images_BHW3, prompts, meta).result()
@@ -160,7 +178,11 @@ class CombinedReward(Reward):
                 components[f"{r.name}/{key}"] = value_B
         boxes = _concat_per_image(B, [res.boxes for res in results])
         texts = _concat_per_image(B, [res.texts for res in results])
-        return RewardResult(total_B, boxes, components, texts)
+        # Word scores carry their reward's weight; a reward of weight 0 only logs, so its words are left out.
+        words = _concat_per_image(B, [None if res.words is None or w == 0 else
+                                      [[replace(x, score=w * x.score) for x in ws] for ws in res.words]
+                                      for (_, w), res in zip(self.rewards, results)])
+        return RewardResult(total_B, boxes, components, texts, words)
 
     def close(self) -> None:
         for r, _ in self.rewards:

@@ -24,7 +24,7 @@ from rapidfuzz.distance import Levenshtein
 from varrl.config_checks import at_least, check_ranges
 from varrl.eval.textmetrics import ned_similarity, quoted_words, word_hits
 from varrl.ocr import OcrConfig, OcrPool, OcrWord
-from varrl.rewards.base import Pending, Reward, RewardResult, check_inputs
+from varrl.rewards.base import Pending, Reward, RewardResult, WordScore, check_inputs
 
 TERMS = ("comp", "sim", "pen", "reward", "word_acc", "ned")
 _LD_EPS = 1e-8
@@ -44,29 +44,56 @@ def bag_distance(a: str, b: str) -> int:
     return sum(abs(ca[c] - cb[c]) for c in ca.keys() | cb.keys())
 
 
+@dataclass(frozen=True)
+class WordTerm:
+    """One target word's share of Comp and Sim (the image's Comp and Sim are their means over the
+    target words), and the reads that decided it: the exact read whose confidence Comp took, and
+    the closest read i* of Sim when it shares anything with the word (LD > 0)."""
+
+    word: str
+    comp: float
+    sim: float
+    reads: tuple[int, ...]
+
+
+def word_terms(targets: list[str], reads: list[tuple[str, float]]) -> list[WordTerm]:
+    """Comp and Sim of each target word (lower-cased, one entry per word, in order) against the reads."""
+    p = [(text.lower(), float(s)) for text, s in reads]
+    out = []
+    for w in (t.lower() for t in targets):
+        exact = [(s, k) for k, (text, s) in enumerate(p) if text == w]
+        comp, k_comp = min(exact) if exact else (0.0, None)
+        sim, k_sim = 0.0, None
+        lds = [ld(w, text) for text, _ in p]
+        if lds:  # nothing read: no partial credit
+            best = max(lds)
+            s_star, ld_star, k_sim = max((s, v, -k) for k, (v, (_, s)) in enumerate(zip(lds, p))
+                                         if v >= best - _TIE_TOL)
+            sim, k_sim = ld_star * s_star, -k_sim  # -k: among equal reads the first wins
+            if ld_star <= _TIE_TOL:  # 1e-8 in LD leaves "nothing shared" a hair above 0
+                k_sim = None
+        out.append(WordTerm(w, comp, sim, tuple(sorted({k for k in (k_comp, k_sim) if k is not None}))))
+    return out
+
+
 def text_ocr_terms(targets: list[str], reads: list[tuple[str, float]], lam: float = 0.6) -> dict[str, float]:
     """Comp, Sim, Pen and the reward for one image, plus word accuracy and NED for logging.
 
     targets: the words asked for (split on whitespace, lower-cased here); reads: (text, confidence)
     per OCR word. With no targets the reward does not apply and every value is NaN. Ties for the
     closest read in Sim go to the read with the higher confidence (the paper leaves them open)."""
+    return _terms(targets, reads, lam)[0]
+
+
+def _terms(targets: list[str], reads: list[tuple[str, float]], lam: float) -> tuple[dict[str, float], list[WordTerm]]:
     g = [w for t in targets for w in t.lower().split()]
     if not g:
-        return dict.fromkeys(TERMS, math.nan)
+        return dict.fromkeys(TERMS, math.nan), []
     p = [(text.lower(), float(s)) for text, s in reads]
     n = len(g)
-
-    comp = sum(min((s for text, s in p if text == w), default=0.0) for w in g) / n
-
-    sim = 0.0
-    for w in g:
-        lds = [ld(w, text) for text, _ in p]
-        if not lds:
-            continue  # nothing was read: no partial credit
-        best = max(lds)
-        s_star, ld_star = max((s, v) for v, (_, s) in zip(lds, p) if v >= best - _TIE_TOL)
-        sim += ld_star * s_star
-    sim /= n
+    words = word_terms(g, p)
+    comp = sum(t.comp for t in words) / n
+    sim = sum(t.sim for t in words) / n
 
     cat_p, cat_g = "".join(text for text, _ in p), "".join(g)
     denom = len(cat_p) + len(cat_g)
@@ -80,7 +107,7 @@ def text_ocr_terms(targets: list[str], reads: list[tuple[str, float]], lam: floa
         "reward": comp + sim - pen,
         "word_acc": word_hits(g, texts) / n,
         "ned": sum(ned_similarity(w, texts) for w in g) / n,
-    }
+    }, words
 
 
 def target_words(prompt: str, meta: dict) -> list[str]:
@@ -114,6 +141,7 @@ class TextOcrReward(Reward):
     so mixed batches pay for OCR only where the reward applies."""
 
     name = "text_ocr"
+    per_word = True
 
     def __init__(self, config: TextOcrConfig | None = None):
         self.config = config or TextOcrConfig()
@@ -142,15 +170,17 @@ class TextOcrReward(Reward):
         for i, r in zip(todo, reads):
             words[i] = r
         # Confidences are clipped to [0, 1], the range the formulas assume, against engine rounding.
-        terms = [
-            text_ocr_terms(t, [(w.text, min(1.0, max(0.0, w.score))) for w in ws], self.config.lam)
-            for t, ws in zip(targets, words)
-        ]
+        both = [_terms(t, [(w.text, min(1.0, max(0.0, w.score))) for w in ws], self.config.lam)
+                for t, ws in zip(targets, words)]
+        terms = [t for t, _ in both]
+        per_word = [[WordScore(wt.word, wt.comp + wt.sim, [ws[k].box for k in wt.reads]) for wt in wts]
+                    for ws, (_, wts) in zip(words, both)]
         return RewardResult(
             scores=np.array([t["reward"] for t in terms]),
             boxes=[[w.box for w in ws] for ws in words],
             components={k: np.array([t[k] for t in terms]) for k in TERMS if k != "reward"},
             texts=[[w.text for w in ws] for ws in words],
+            words=per_word,
         )
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from varrl.algorithms.per_scale import segments
 from varrl.algorithms.vmr import soft_value, stage_steps
 from varrl.data.prompts import PromptRecord
 from varrl.policy.sampler import SamplerConfig
@@ -23,7 +24,7 @@ from varrl.viz import to_uint8
 
 @dataclass
 class StageBatch:
-    stage: str  # "full", "prefix" or "suffix"
+    stage: str  # "full", "prefix", "suffix" or "per_scale"
     traj: Trajectory  # rows to update (prefix rows hold grids 1..m only)
     returns: torch.Tensor  # [B] what advantages are computed from (NaN: not applicable); groups: traj.group
     boxes: list[list] | None  # per row, the regions that decided its return
@@ -32,6 +33,9 @@ class StageBatch:
     reward: RewardResult  # every scored image of the batch, for logging
     rollout_s: float
     reward_wait_s: float
+    values: torch.Tensor | None = None  # per_scale: [B, J] soft values at the splits (NaN: not applicable)
+    segments: list[list[int]] | None = None  # per_scale: the 0-based steps of each segment
+    words: list[list] | None = None  # per row, its WordScores, when its return is its own final reward
 
 
 class _Scorer:
@@ -69,9 +73,10 @@ class _Scorer:
 def cat_results(results: list[RewardResult]) -> RewardResult:
     boxes = None if any(r.boxes is None for r in results) else [b for r in results for b in r.boxes]
     texts = None if any(r.texts is None for r in results) else [t for r in results for t in r.texts]
+    words = None if any(r.words is None for r in results) else [w for r in results for w in r.words]
     names = results[0].components.keys()
     return RewardResult(np.concatenate([r.scores for r in results]), boxes,
-                        {k: np.concatenate([r.components[k] for r in results]) for k in names}, texts)
+                        {k: np.concatenate([r.components[k] for r in results]) for k in names}, texts, words)
 
 
 def _chunks(records: list[PromptRecord], rows_per_prompt: int, rows_per_chunk: int):
@@ -90,7 +95,7 @@ def full_batch(policy, records, G: int, sampler, generator, reward, rows_per_chu
         traj.group = traj.group + group_offset + i
     traj, images, res, ro, wait = sc.finish()
     return StageBatch("full", traj, torch.from_numpy(res.scores), res.boxes,
-                      list(range(policy.schedule.num_steps)), images, res, ro, wait)
+                      list(range(policy.schedule.num_steps)), images, res, ro, wait, words=res.words)
 
 
 def prefix_batch(policy, records, G: int, K: int, m: int, eta: float, sampler, generator, reward,
@@ -128,4 +133,42 @@ def suffix_batch(policy, records, S: int, G: int, m: int, sampler, generator, re
         sc.sample_and_score(None, G, [r.reward_meta() for r in chunk for _ in range(S * G)], start=pre)
     traj, images, res, ro, wait = sc.finish()
     return StageBatch("suffix", traj, torch.from_numpy(res.scores), res.boxes, suffix_steps, images,
-                      res, ro, wait)
+                      res, ro, wait, words=res.words)
+
+
+def per_scale_batch(policy, records, G: int, K: int, splits: list[int], eta: float, sampler, generator, reward,
+                    rows_per_chunk: int, group_offset: int = 0) -> StageBatch:
+    """Per-scale VMR: G samples per prompt, grown split by split, each state s_mj forking K
+    completions (its soft value V(s_mj)) before the sample itself goes on to the next split and
+    finally to the end. The rows to update are the G complete samples, every step trained; their
+    return is their own final reward, `values` [B, J] the soft values at the splits, and their
+    boxes those of their own final image."""
+    J, T = len(splits), policy.schedule.num_steps
+    sc = _Scorer(policy, reward, sampler, generator)
+    roles = []  # per scored rollout, in submission order: (split index, or J for the samples themselves, rows)
+    for i, chunk in _chunks(records, G * K, rows_per_chunk):
+        meta = [r.reward_meta() for r in chunk for _ in range(G)]
+        state = None
+        for j, m in enumerate(splits):
+            # Both forks continue the state's KV caches (Trajectory.state), nothing is recomputed.
+            state = sc.sample([r.prompt for r in chunk] if state is None else None, G if state is None else 1,
+                              start=state, steps=m)
+            if j == 0:
+                state.group = state.group + group_offset + i
+            sc.sample_and_score(None, K, [x for x in meta for _ in range(K)], start=state)
+            roles.append((j, state.batch_size * K))
+        sc.sample_and_score(None, 1, meta, start=state)
+        roles.append((J, state.batch_size))
+    traj, images, res, ro, wait = sc.finish()
+    pick: dict[int, list[int]] = {j: [] for j in range(J + 1)}
+    row = 0
+    for j, n in roles:
+        pick[j] += range(row, row + n)
+        row += n
+    own = pick[J]
+    scores = torch.from_numpy(res.scores)
+    # Completion rows of a split come prefix-major (K per sample), and samples keep their order.
+    values = torch.stack([soft_value(scores[pick[j]].view(-1, K), eta) for j in range(J)], dim=1)
+    return StageBatch("per_scale", traj.select(own), scores[own], None if res.boxes is None else
+                      [res.boxes[k] for k in own], list(range(T)), images, res, ro, wait, values,
+                      segments(splits, T))

@@ -142,6 +142,12 @@ class VmrConfig:
     prefix_kl_beta: float | None = None
     """KL coefficient of the prefix updates, whose two stages the paper regularises separately
     (null: rl.kl_beta, which the suffix and plain updates always use)"""
+    splits: list[int | str] | None = None
+    """per-scale Monte-Carlo advantages (VinePPO-style): VMR at every split listed, each given like m
+    ([2, '32px', '8x8']); every update then trains all grids, grids m_(j-1)+1..m_j credited with
+    V(s_mj) - V(s_m(j-1)) from k completions of the sample's own state, the last ones with R - V(s_mJ).
+    rl.vmr.m, rl.alternation, suffix_prefixes and prefix_kl_beta are then unused (null or []: the single
+    split rl.vmr.m with the prefix/suffix alternation, the paper's method)"""
 
     def __post_init__(self) -> None:
         check_ranges(self, {"k": at_least(1), "eta": positive, "suffix_prefixes": at_least(1),
@@ -175,6 +181,20 @@ class MpConfig:
                             "dilation": at_least(0)})
 
 
+@dataclass
+class RegionCreditConfig:
+    """Region-level credit: with a reward that scores each target word (text_ocr), the tokens inside a
+    word's box take that word's own advantage (its scores normalised over the group, like rl.adv_norm
+    does for images). Boxes become grid masks with MP's geometry: rl.mp.pool, rl.mp.threshold and
+    rl.mp.dilation, whether MP is on or not. Applies to updates judged by the image's own final reward
+    (GRPO, VMR suffix); VMR prefix updates, judged by a soft value, keep the image's advantage."""
+
+    enabled: bool = False
+    outside: Literal["image", "mask"] = "image"
+    """tokens outside every word's box: take the image's advantage, or carry no policy gradient ('mask';
+    a sample none of whose words was read keeps the image's advantage everywhere)"""
+
+
 METHOD_PRESETS: dict[str, dict] = {
     "grpo": {"vmr": {"enabled": False}, "panw": {"alpha": None}, "mp": {"enabled": False}},
     "var_rl": {"vmr": {"enabled": True}, "panw": {"alpha": 0.6}, "mp": {"enabled": True}, "alternation": "fine"},
@@ -189,8 +209,9 @@ class RlConfig:
 
     method: Literal["grpo", "var_rl"] = "var_rl"
     """grpo: the baseline; var_rl: VMR + PANW + MP with fine alternation (arXiv 2601.02256)"""
-    adv_norm: Literal["group", "batch", "none"] = "group"
-    """divide the centred rewards by the group std, the batch std, or nothing"""
+    adv_norm: Literal["group", "batch", "none", "loo"] = "group"
+    """divide the centred rewards by the group std, the batch std, or nothing; 'loo': RLOO's leave-one-out
+    baseline, A_i = R_i - mean of the other samples of the group = n/(n-1) (R_i - mean), no std"""
     adv_clip: float | None = None
     """clip advantages to +-adv_clip (null: no clipping)"""
     clip_low: float = 0.2
@@ -203,13 +224,19 @@ class RlConfig:
     of train.steps, then suffix updates) or 'a:b'"""
     panw: PanwConfig = field(default_factory=PanwConfig)
     mp: MpConfig = field(default_factory=MpConfig)
+    region_credit: RegionCreditConfig = field(default_factory=RegionCreditConfig)
+
+    @property
+    def per_scale(self) -> bool:
+        """Whether updates are per-scale (VMR at several splits, all grids in one update)."""
+        return self.vmr.enabled and bool(self.vmr.splits)
 
     def __post_init__(self) -> None:
         check_ranges(self, {"adv_clip": positive, "clip_low": Range(0, 1, lo_open=True, hi_open=True),
                             "clip_high": positive, "kl_beta": at_least(0, "(0: no KL term)")})
 
     def kl_beta_for(self, stage: str) -> float:
-        """The KL coefficient of an update of `stage` ('full', 'prefix' or 'suffix')."""
+        """The KL coefficient of an update of `stage` ('full', 'prefix', 'suffix' or 'per_scale')."""
         if stage == "prefix" and self.vmr.prefix_kl_beta is not None:
             return self.vmr.prefix_kl_beta
         return self.kl_beta
@@ -249,6 +276,13 @@ class TrainRunConfig:
 
     def __post_init__(self) -> None:
         # Each section checks its own ranges; what is left are rules that span sections.
+        rl = self.rl
+        if rl.vmr.splits and not rl.vmr.enabled:
+            raise ValueError("rl.vmr.splits needs VMR: set rl.vmr.enabled=true (rl.method=grpo turns it off) "
+                             "or drop rl.vmr.splits")
+        if rl.region_credit.enabled and rl.per_scale:
+            raise ValueError("rl.region_credit.enabled does not combine with rl.vmr.splits: per-scale updates are "
+                             "judged by soft values, not by the image's own word scores; drop one of the two")
         from varrl.algorithms.stages import parse_alternation
 
         parse_alternation(self.rl.alternation)  # a bad pattern fails at load time, naming the key

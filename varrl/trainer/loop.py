@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from varrl.algorithms.grpo import degenerate_groups, group_advantages
+from varrl.algorithms.grpo import degenerate_groups
 from varrl.algorithms.masks import batch_step_masks
 from varrl.algorithms.panw import step_weights
 from varrl.algorithms.stages import stage_at
@@ -26,8 +26,9 @@ from varrl.policy.load import load_policy, save_policy
 from varrl.policy.lora import BaseModelView, attach_lora, merge_adapters
 from varrl.policy.sampler import NonFiniteError
 from varrl.rewards import build_reward
-from varrl.trainer.batches import StageBatch, full_batch, prefix_batch, suffix_batch
+from varrl.trainer.batches import StageBatch, full_batch, per_scale_batch, prefix_batch, suffix_batch
 from varrl.trainer.config import TrainRunConfig
+from varrl.trainer.credit import Advantages, CreditInputs, advantages
 from varrl.trainer.dist import DistInfo, barrier, gather_objects
 from varrl.trainer.evaluate import evaluate
 from varrl.trainer.report import RunWriter, plot_rewards, write_report
@@ -113,6 +114,11 @@ class Trainer:
         self.reward = build_reward(cfg.reward)
         self.mine = info.shard(tc.prompts_per_step)
         self.m = resolve_split(cfg.rl.vmr.m, self.policy.schedule) if cfg.rl.vmr.enabled else None
+        self.splits = resolve_splits(cfg.rl.vmr.splits, self.policy.schedule) if cfg.rl.per_scale else None
+        if cfg.rl.region_credit.enabled and not self.reward.per_word:
+            raise ConfigError(f"rl.region_credit.enabled needs a reward that scores each target word (text_ocr "
+                              f"with a weight other than 0); reward.weights is {dict(cfg.reward.weights)}",
+                              "rl.region_credit.enabled")
 
     def run(self) -> dict | None:
         tc = self.cfg.train
@@ -155,17 +161,15 @@ class Trainer:
         records = [self.train_prompts[step * tc.prompts_per_step + i] for i in self.mine]
         batch = self.rollout(step, records)
         # 2. Advantages over the gathered batch (the same numbers on every rank), then this rank's rows.
-        every = gather_objects(info, (batch.returns, batch.traj.group))
-        all_returns, all_groups = torch.cat([r for r, _ in every]), torch.cat([g for _, g in every])
-        adv_all = group_advantages(all_returns, all_groups, cfg.rl.adv_norm, clip=cfg.rl.adv_clip)
-        lo = sum(len(r) for r, _ in every[: info.rank])
-        adv_B = adv_all[lo: lo + len(batch.returns)].float()
+        every = gather_objects(info, CreditInputs.of(batch, cfg.rl))
+        adv = advantages(every, info.rank, batch, cfg.rl, self.policy.schedule.grids)
+        all_returns, all_groups = torch.cat([p.returns for p in every]), torch.cat([p.group for p in every])
         skipped, flat = degenerate_groups(all_returns, all_groups)
         if skipped and info.main and skipped < len(torch.unique(all_groups)):
             tqdm.write(f"warning: step {step + 1}: {skipped} group(s) got only NaN rewards; skipped")
         # 3. Update the rows that have a return, on the steps this stage trains.
         t0 = time.perf_counter()
-        upd = self.update(batch, adv_B)
+        upd = self.update(batch, adv)
         update_s = time.perf_counter() - t0
         # 4. Log, reduced over ranks.
         parts = gather_objects(info, StepLog(batch.reward.scores, batch.reward.components, batch.returns.numpy(), upd,
@@ -173,6 +177,10 @@ class Trainer:
         if self.writer is None:
             return None
         m = step_metrics(parts, batch.stage, skipped, flat, lr)
+        if batch.values is not None:  # per-scale: the mean soft value at each split, over all ranks
+            values = torch.cat([p.values for p in every])
+            for m_j, v in zip(self.splits, values.T):
+                m[f"stage/per_scale/value_{m_j}"] = float(v.nanmean())  # NaN only when no value applies
         self.writer.metrics(step + 1, m)
         for kind, text in no_signal(m, len(torch.unique(all_groups)), skipped, cfg.train.trainable):
             self.note(step + 1, kind, f"step {step + 1}: {text}")
@@ -193,28 +201,33 @@ class Trainer:
         args = (cfg.sampler, self.gen, self.reward, tc.micro_batch, self.mine.start)
         if not vmr.enabled:
             return full_batch(self.policy, records, tc.group_size, *args)
+        if self.splits:
+            return per_scale_batch(self.policy, records, tc.group_size, vmr.k, self.splits, vmr.eta, *args)
         if stage_at(step, cfg.rl.alternation, tc.steps) == "prefix":
             return prefix_batch(self.policy, records, tc.group_size, vmr.k, self.m, vmr.eta, *args)
         return suffix_batch(self.policy, records, vmr.suffix_prefixes, tc.group_size, self.m, *args)
 
-    def update(self, batch: StageBatch, adv_B: torch.Tensor, optimizer: torch.optim.Optimizer | None = None):
+    def update(self, batch: StageBatch, adv: Advantages | torch.Tensor, optimizer: torch.optim.Optimizer | None = None):
         """One policy update on the rows of `batch` that have a return (NaN: the reward did not
-        apply), with this rank's advantages `adv_B` [B]; `optimizer` defaults to the run's own
-        (benchmarks pass a zero-LR one to take the gradient without moving the weights)."""
+        apply), with this rank's advantages (`Advantages`, or per sample [B]); `optimizer` defaults
+        to the run's own (benchmarks pass a zero-LR one to take the gradient without moving the weights)."""
+        adv = adv if isinstance(adv, Advantages) else Advantages(adv)
         keep = torch.nonzero(~torch.isnan(batch.returns)).flatten()
+        kept = adv.select(keep)
+        plan = self.plan(batch, keep)
+        plan.advantages = kept.steps
         with nullcontext() if self.lora is None else self.lora.dropout_active():
-            out = policy_update(self.policy, self.ref_policy, batch.traj.select(keep), adv_B[keep],
-                                self.plan(batch, keep), self.cfg.rl, self.cfg.train,
-                                self.optimizer if optimizer is None else optimizer, self.info)
+            out = policy_update(self.policy, self.ref_policy, batch.traj.select(keep), kept.sample_B, plan,
+                                self.cfg.rl, self.cfg.train, self.optimizer if optimizer is None else optimizer,
+                                self.info)
         if self.lora is not None and not self.lora_checked and len(keep):
             self.lora.check_reached()  # a layer the model never calls would hold a dead adapter
             self.lora_checked = True
         return out
 
-    def local_advantages(self, batch: StageBatch) -> torch.Tensor:
-        """Advantages [B] of one batch on its own (the step gathers its batch over ranks first)."""
-        rl = self.cfg.rl
-        return group_advantages(batch.returns, batch.traj.group, rl.adv_norm, clip=rl.adv_clip).float()
+    def local_advantages(self, batch: StageBatch) -> Advantages:
+        """The advantages of one batch on its own (the step gathers its batch over ranks first)."""
+        return advantages([CreditInputs.of(batch, self.cfg.rl)], 0, batch, self.cfg.rl, self.policy.schedule.grids)
 
     def plan(self, batch: StageBatch, keep: torch.Tensor) -> UpdatePlan:
         """PANW weights and MP masks for the steps this batch trains (plain GRPO: neither)."""
@@ -334,16 +347,25 @@ def select_trainable(model: torch.nn.Module, pattern: str | None) -> list[torch.
     return chosen
 
 
-def resolve_split(spec: int | str, schedule) -> int:
-    """rl.vmr.m as a step count: the prefix generates grids 1..m."""
+def resolve_split(spec: int | str, schedule, key: str = "rl.vmr.m") -> int:
+    """rl.vmr.m (or one entry of rl.vmr.splits) as a step count: the prefix generates grids 1..m."""
     try:
         m = schedule.resolve_step(spec)
     except ValueError as e:
-        raise ConfigError(f"rl.vmr.m={spec!r}: {e}", "rl.vmr.m") from e
+        raise ConfigError(f"{key}={spec!r}: {e}", key) from e
     if not 1 <= m < schedule.num_steps:
-        raise ConfigError(f"rl.vmr.m={spec!r} is step {m}; VMR needs a split inside 1..{schedule.num_steps - 1} "
-                          f"(grids {[h for h, _ in schedule.grids]})", "rl.vmr.m")
+        raise ConfigError(f"{key}={spec!r} is step {m}; VMR needs a split inside 1..{schedule.num_steps - 1} "
+                          f"(grids {[h for h, _ in schedule.grids]})", key)
     return m
+
+
+def resolve_splits(specs: list[int | str], schedule) -> list[int]:
+    """rl.vmr.splits as strictly increasing step counts."""
+    steps = [resolve_split(s, schedule, f"rl.vmr.splits[{i}]") for i, s in enumerate(specs)]
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ConfigError(f"rl.vmr.splits={list(specs)} are steps {steps}; they must increase strictly",
+                          "rl.vmr.splits")
+    return steps
 
 
 def pick_device(name: str, info: DistInfo) -> str:

@@ -31,6 +31,9 @@ class UpdatePlan:
     masks: list[torch.Tensor] | None = None  # per trained step (same order), [B, n_t] in {0, 1}; None: all on
     mask_kl: bool = False
     kl_beta: float | None = None  # this update's KL coefficient (None: rl.kl_beta)
+    advantages: list[torch.Tensor] | None = None
+    """per trained step (same order), [B, n_t] token advantages that replace the per-sample adv_B
+    (per-scale VMR, region credit); None: every token of a sample takes adv_B"""
 
 
 def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, plan: UpdatePlan,
@@ -101,7 +104,8 @@ def _token_terms(lp, old, ref, adv_b, plan: UpdatePlan, rows, rl: RlConfig, beta
     terms, max_dev = [], 0.0
     for i, (t, lp_t, old_t) in enumerate(zip(plan.steps, lp, old)):
         st = per_step[t]
-        pg_Bl, clipped_Bl = clipped_policy_term(lp_t, old_t, adv_b, rl.clip_low, rl.clip_high)
+        adv = adv_b if plan.advantages is None else plan.advantages[i][rows].to(lp_t.device)
+        pg_Bl, clipped_Bl = clipped_policy_term(lp_t, old_t, adv, rl.clip_low, rl.clip_high)
         mask = None if plan.masks is None else plan.masks[i][rows].to(lp_t.device, lp_t.dtype)
         term = pg_Bl if mask is None else pg_Bl * mask
         if ref is not None:

@@ -1,0 +1,174 @@
+"""The credit-assignment levers' pure math against numbers worked out by hand: leave-one-out
+baselines, per-scale Monte-Carlo advantages, per-word scores of the OCR reward and region credit."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from varrl.algorithms.grpo import clipped_policy_term, group_advantages
+from varrl.algorithms.per_scale import per_scale_advantages, segment_returns, segments, step_advantages
+from varrl.algorithms.region_credit import token_advantages, word_advantages
+from varrl.rewards import CombinedReward, Reward, RewardResult
+from varrl.rewards.base import WordScore
+from varrl.rewards.text_ocr import text_ocr_terms, word_terms
+
+NAN = float("nan")
+
+
+# ---- leave-one-out baselines -------------------------------------------------------------------
+
+
+def test_loo_advantages_by_hand():
+    # Group 0: 1, 2, 6. The others' means: (2+6)/2 = 4, (1+6)/2 = 3.5, (1+2)/2 = 1.5 -> -3, -1.5, 4.5
+    # (= 3/2 * (R - 3)). Group 1: 2, NaN, 4: the NaN row is out (A = 0), the others see one partner
+    # each -> 2 - 4 = -2, 4 - 2 = +2. Group 2: a single valid row has no baseline -> 0.
+    r = torch.tensor([1.0, 2.0, 6.0, 2.0, NAN, 4.0, 5.0, NAN])
+    g = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    assert group_advantages(r, g, "loo").tolist() == [-3.0, -1.5, 4.5, -2.0, 0.0, 2.0, 0.0, 0.0]
+    # Clipping applies after the baseline, as for the other norms; flat groups give 0.
+    assert group_advantages(r[:3], g[:3], "loo", clip=2.0).tolist() == [-2.0, -1.5, 2.0]
+    assert group_advantages(torch.tensor([3.0, 3.0]), torch.tensor([0, 0]), "loo").tolist() == [0.0, 0.0]
+
+
+# ---- per-scale Monte-Carlo advantages ----------------------------------------------------------
+
+
+def test_segments_of_the_splits():
+    assert segments([1, 2], 4) == [[0], [1], [2, 3]]  # grids 1 | 2 | 3..4
+    assert segments([4], 9) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]  # one split: VMR's prefix and suffix
+    for bad in ([], [2, 2], [3, 2], [0, 2], [1, 4]):
+        with pytest.raises(ValueError):
+            segments(bad, 4)
+
+
+def test_per_scale_advantages_by_hand():
+    # Group 0, three samples, splits m1 < m2: values V(s_m1), V(s_m2) and final rewards R.
+    #   V = [[1, 2], [2, 2], [0, 3]], R = [3, 1, 2]
+    #   segment returns V1, V2 - V1, R - V2:  [1, 1, 1], [2, 0, -1], [0, 3, -1]
+    #   (each row telescopes to R: 1+1+1 = 3, 2+0-1 = 1, 0+3-1 = 2)
+    # Group 1, two samples; the first has no value at m1 (all its completions NaN):
+    #   V = [[NaN, 1], [1, 1]], R = [1, 2] -> V1 = [NaN, 1], V2 - V1 = [NaN, 0], R - V2 = [0, 1]
+    v = torch.tensor([[1.0, 2.0], [2.0, 2.0], [0.0, 3.0], [NAN, 1.0], [1.0, 1.0]])
+    r = torch.tensor([3.0, 1.0, 2.0, 1.0, 2.0])
+    g = torch.tensor([0, 0, 0, 1, 1])
+    d = segment_returns(v, r)
+    assert torch.allclose(d[:3], torch.tensor([[1.0, 1.0, 1.0], [2.0, 0.0, -1.0], [0.0, 3.0, -1.0]]))
+    assert math.isnan(d[3, 0]) and math.isnan(d[3, 1]) and d[3, 2] == 0.0 and d[4].tolist() == [1.0, 0.0, 1.0]
+    # Centred per segment over the group (no scaling):
+    #   segment 1: [1, 2, 0] - 1 (= V(s_0), the group mean of V(s_m1)) -> [0, 1, -1]
+    #   segment 2: [1, 0, 3] - 4/3 -> [-1/3, -4/3, 5/3]
+    #   segment 3: [1, -1, -1] + 1/3 -> [4/3, -2/3, -2/3]
+    # Group 1: segments 1 and 2 have one valid row -> 0; segment 3: [0, 1] - 1/2 -> [-1/2, 1/2].
+    a = per_scale_advantages(v, r, g, "none")
+    expect = torch.tensor([[0.0, -1 / 3, 4 / 3], [1.0, -4 / 3, -2 / 3], [-1.0, 5 / 3, -2 / 3],
+                           [0.0, 0.0, -0.5], [0.0, 0.0, 0.5]])
+    assert torch.allclose(a, expect, atol=1e-6)
+    # "group" divides each segment by its own group std: segment 1 of group 0 has std sqrt(2/3).
+    a_group = per_scale_advantages(v, r, g, "group")
+    assert torch.allclose(a_group[:3, 0], torch.tensor([0.0, 1.0, -1.0]) / (math.sqrt(2 / 3) + 1e-4), atol=1e-6)
+    # One segment per trained step: splits [1, 2] of a 4-step schedule.
+    per_step = step_advantages(expect, segments([1, 2], 4), [0, 1, 2, 3])
+    assert [s.tolist() for s in per_step] == [expect[:, c].tolist() for c in (0, 1, 2, 2)]
+
+
+# ---- per-word scores of the OCR reward -----------------------------------------------------------
+
+
+def test_word_terms_by_hand():
+    # Targets cat, dog; reads cat (0.9), dgo (0.8), cat (0.5).
+    #   cat: exact reads 0 and 2, Comp takes the weakest: 0.5 (read 2); Sim: LD 1 for reads 0 and 2,
+    #        the tie goes to the higher confidence: 1 * 0.9 (read 0). Score 1.4, reads (0, 2).
+    #   dog: no exact read, Comp 0; LD(dog, cat) = 0, LD(dog, dgo) = 1 - 2/3 = 1/3 -> Sim 0.8/3 (read 1).
+    reads = [("cat", 0.9), ("DGO", 0.8), ("cat", 0.5)]
+    w = word_terms(["cat", "DOG"], reads)
+    assert [(t.word, t.reads) for t in w] == [("cat", (0, 2)), ("dog", (1,))]
+    assert w[0].comp == 0.5 and w[0].sim == pytest.approx(0.9) and w[1].comp == 0.0
+    assert w[1].sim == pytest.approx(0.8 / 3)
+    # The image's Comp and Sim are the means over its words.
+    t = text_ocr_terms(["cat dog"], reads)
+    assert t["comp"] == pytest.approx(0.25) and t["sim"] == pytest.approx((0.9 + 0.8 / 3) / 2)
+    # A closest read sharing nothing with the word (LD 0) decided nothing: no box for that word.
+    assert word_terms(["xyz"], [("abc", 0.9)])[0].reads == () and word_terms(["xyz"], [])[0].sim == 0.0
+
+
+class _Words(Reward):
+    name = "words"
+    per_word = True
+
+    def __call__(self, images_BHW3, prompts, meta):
+        return RewardResult(np.array([1.0]), [[(0, 0, 4, 4)]], {}, None, [[WordScore("cat", 1.5, [(0, 0, 4, 4)])]])
+
+
+class _Plain(Reward):
+    name = "plain"
+
+    def __call__(self, images_BHW3, prompts, meta):
+        return RewardResult(np.array([0.5]))
+
+
+def test_combined_reward_weights_the_word_scores():
+    img = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    res = CombinedReward([(_Words(), 2.0), (_Plain(), 1.0)])(img, [""], [{}])
+    assert res.scores.tolist() == [2.5] and res.words == [[WordScore("cat", 3.0, [(0, 0, 4, 4)])]]
+    only_logged = CombinedReward([(_Words(), 0.0), (_Plain(), 1.0)])
+    assert not only_logged.per_word and only_logged(img, [""], [{}]).words is None
+    assert CombinedReward([(_Words(), 1.0)]).per_word and not CombinedReward([(_Plain(), 1.0)]).per_word
+
+
+# ---- region credit -----------------------------------------------------------------------------
+
+
+def test_word_advantages_by_hand():
+    # Group 0 asks for two words: word 0 scores 1.0 and 0.0 (mean 0.5, std 0.5 -> +1, -1),
+    # word 1 scores 0.2 and 0.6 (-> -1, +1). Group 1 has one row: no partner, 0.
+    scores = [[1.0, 0.2], [0.0, 0.6], [0.7]]
+    g = torch.tensor([0, 0, 1])
+    adv = word_advantages(scores, g, "group")
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0], dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(adv[1], torch.tensor([-1.0, 1.0], dtype=torch.float64), atol=1e-3)
+    assert adv[2].tolist() == [0.0]
+    none = word_advantages(scores, g, "none")
+    assert torch.allclose(torch.cat(none), torch.tensor([0.5, -0.2, -0.5, 0.2, 0.0], dtype=torch.float64))
+    assert [a.numel() for a in word_advantages([[], []], torch.tensor([0, 0]))] == [0, 0]  # reward n/a
+
+
+def test_token_advantages_by_hand():
+    # A 4x4 px image, grids 1x1 and 2x2 (2 px cells). Word A (advantage +1) is read in the top-left
+    # cell, word B (-0.5) in the bottom-right one; the image's own advantage is 0.2.
+    boxes = [[[(0, 0, 2, 2)], [(2, 2, 4, 4)]]]
+    word_adv = [torch.tensor([1.0, -0.5], dtype=torch.float64)]
+    image = torch.tensor([0.2])
+    grids = [(1, 1), (2, 2)]
+    fine, coarse = token_advantages(word_adv, boxes, image, (4, 4), grids, [1, 0])
+    # 2x2 grid: A, outside, outside, B (row-major).
+    assert torch.allclose(fine, torch.tensor([[1.0, 0.2, 0.2, -0.5]]))
+    # 1x1 grid, max pooling: both words are on, each covers a quarter: (1/4 * 1 + 1/4 * -0.5) / (1/2) = 0.25.
+    assert torch.allclose(coarse, torch.tensor([[0.25]]))
+    # Area pooling at 0.5: a quarter is not enough, the 1x1 cell is outside every word -> the image's 0.2.
+    assert torch.allclose(token_advantages(word_adv, boxes, image, (4, 4), grids, [0], "area", 0.5)[0],
+                          torch.tensor([[0.2]]))
+    # outside="mask": cells outside every word carry no policy gradient (advantage 0).
+    masked = token_advantages(word_adv, boxes, image, (4, 4), grids, [1], outside="mask")[0]
+    assert torch.allclose(masked, torch.tensor([[1.0, 0.0, 0.0, -0.5]]))
+    # Dilation 1 grows A over the whole 2x2 grid and B too: the shared cells weigh both by coverage 1.
+    grown = token_advantages(word_adv, boxes, image, (4, 4), grids, [1], dilation=1)[0]
+    assert torch.allclose(grown, torch.full((1, 4), 0.25))
+    # A sample none of whose words was read keeps its image advantage, even with outside="mask".
+    unread = token_advantages([torch.tensor([1.0], dtype=torch.float64)], [[[]]], image, (4, 4), grids, [1],
+                              outside="mask")[0]
+    assert torch.allclose(unread, torch.full((1, 4), 0.2))
+
+
+def test_token_advantages_in_the_clipped_term():
+    # Per-token advantages: at ratio 1 the loss of a token is -A_token and its gradient -A_token;
+    # a [B] advantage and the same value on every token give the very same numbers.
+    logp = torch.zeros(1, 3, requires_grad=True)
+    loss, _ = clipped_policy_term(logp, logp.detach(), torch.tensor([[1.0, -2.0, 0.5]]))
+    loss.sum().backward()
+    assert loss.tolist() == [[-1.0, 2.0, -0.5]] and logp.grad.tolist() == [[-1.0, 2.0, -0.5]]
+    lp = torch.log(torch.tensor([[1.0, 1.5, 0.5]]))
+    per_sample = clipped_policy_term(lp, torch.zeros(1, 3), torch.tensor([2.0]))
+    per_token = clipped_policy_term(lp, torch.zeros(1, 3), torch.full((1, 3), 2.0))
+    assert all(torch.equal(a, b) for a, b in zip(per_sample, per_token))
