@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varrl.algorithms.grpo import group_advantages
 from varrl.config import load_config
 from varrl.eval.signal import centred_rewards, sharpen_scores, sharpen_token_scores
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
@@ -41,16 +40,14 @@ from varrl.trainer.loop import Trainer
 def normalised_estimates(tr: Trainer, batch, s_BL: torch.Tensor, keep: torch.Tensor) -> np.ndarray:
     """Per image [B, 2]: the sharpening estimate with the run's own advantages (group-normalised as
     rl.adv_norm says), once with the image's advantage on every token and once with the per-token
-    advantages the run's update uses (character-level credit; the same as the first without it)."""
-    rl = tr.cfg.rl
-    adv = group_advantages(batch.returns.float(), batch.traj.group, rl.adv_norm, clip=rl.adv_clip)
+    advantages the run's update uses (region credit; the same as the first without it)."""
+    adv = tr.local_advantages(batch)
     rows = torch.nonzero(keep).flatten()
-    plan = tr.plan(batch, rows, adv[rows])
-    image = adv[rows] * s_BL[rows].sum(1)
-    if plan.token_adv is None:
+    image = adv.sample_B[rows] * s_BL[rows].sum(1)
+    if adv.steps is None:
         return torch.stack([image, image], 1).numpy()
-    token = sum((a * s_BL[rows][:, o: o + a.shape[1]]).sum(1)
-                for a, o in zip(plan.token_adv, tr.policy.schedule.offsets))
+    offsets = tr.policy.schedule.offsets
+    token = sum((a[rows] * s_BL[rows][:, offsets[t]: offsets[t + 1]]).sum(1) for a, t in zip(adv.steps, batch.steps))
     return torch.stack([image, token], 1).numpy()
 
 
@@ -133,7 +130,7 @@ def main() -> None:
     print("\nwith the run's own normalised advantages (scale-free: sign-detection images = 4 / SNR^2 at the "
           "estimate's own mean)")
     for name, g in (("image advantage on every token", N[:, 0]),
-                    ("the update's per-token advantages" + ("" if cfg.rl.char_credit.enabled else " (the same)"),
+                    ("the update's per-token advantages" + ("" if cfg.rl.region_credit.enabled else " (the same)"),
                      N[:, 1])):
         mean, sd = float(g.mean()), float(g.std(ddof=1))
         snr = mean / sd if sd > 0 else float("nan")
