@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import re
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -28,6 +26,7 @@ from varrl.config_types import (  # noqa: F401  (re-exported: varrl.config is th
     from_dict,
     to_dict,
 )
+from varrl.fileio import atomic_write_text
 
 
 class _Loader(yaml.SafeLoader):
@@ -182,22 +181,7 @@ def load_config(cls: type, path: str | Path | None, overrides: Sequence[str] = (
 
 def save_config(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as YAML atomically, so a crash never leaves a half-written file."""
-    path = Path(path)
-    text = yaml.safe_dump(to_dict(obj), sort_keys=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is a rename within one filesystem.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # os.open with 0o666 respects the umask (mkstemp would force 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
 @dataclasses.dataclass
