@@ -85,7 +85,7 @@ def activation_bytes(model: Infinity, grids, rope_hw, B: int, low_precision: boo
             x = model.embed(ctx, None if k == 0 else inputs[k - 1], lay, k, k + 1)
             if checkpointing and k == len(grids) - 1:  # what one block's recomputation holds at its peak
                 last = sum(seen.values())
-                model.run_blocks(x, ctx, lay, k, k + 1, 0, 1, caches[:1] + [{}] * (depth - 1))
+                model.run_blocks(x, ctx, lay, k, k + 1, 0, 1, caches[:1] + model.new_cache()[1:])
                 last = sum(seen.values()) - last
                 break
             model.logits(model.run_blocks(x, ctx, lay, k, k + 1, 0, depth, caches), ctx)
