@@ -90,9 +90,11 @@ def _assemble(model, vae, text_encoder, schedule, aspect_ratio, device, dtype, w
     return InfinityPolicy(model.to(device), tok_vae.to(device), tokenizer, encoder, sched, rope_hw, amp, sources)
 
 
-def save_infinity_policy(policy: InfinityPolicy, folder: Path, extra: dict | None = None) -> None:
-    """Write config.json + model.safetensors (released key layout) into an existing empty folder."""
-    sd = {k: v.detach().contiguous().cpu() for k, v in policy.model.state_dict().items()}
+def save_infinity_policy(policy: InfinityPolicy, folder: Path, extra: dict | None = None,
+                         model_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write config.json + model.safetensors (released key layout) into an existing empty folder;
+    `model_state` replaces the model's own state dict (the full one of a sharded model)."""
+    sd = {k: v.detach().contiguous().cpu() for k, v in (model_state or policy.model.state_dict()).items()}
     save_file(sd, str(folder / "model.safetensors"))
     meta = {"format": INFINITY_FORMAT, "model": to_dict(policy.model.cfg), "sources": policy.sources, **(extra or {})}
     atomic_write_text(folder / "config.json", json.dumps(meta, indent=1))

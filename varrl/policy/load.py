@@ -94,23 +94,25 @@ def _only_infinity(root: Path, given: dict, dtype: str | None) -> None:
                               "(leave it unset)")
 
 
-def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: dict | None = None) -> Path:
+def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: dict | None = None,
+                model_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `policy` as a model directory that `load_policy(dest)` reads, atomically: files go to a
-    temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole)."""
+    temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole).
+    `model_state`: the transformer's full state dict when the model itself holds shards (FSDP)."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     if isinstance(policy, InfinityPolicy):
-        save_infinity_policy(policy, tmp, extra)
+        save_infinity_policy(policy, tmp, extra, model_state)
     else:
         fmt = VAR_FORMAT if isinstance(policy, VarPolicy) else FORMAT
         meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg),
                 **(extra or {})}
-        for name, module in (("tokenizer", policy.tokenizer), ("model", policy.model)):
-            save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
-                      str(tmp / f"{name}.safetensors"))
+        states = {"tokenizer": policy.tokenizer.state_dict(), "model": model_state or policy.model.state_dict()}
+        for name, sd in states.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
         atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
     old = dest.with_name(f".{dest.name}.old")
     if dest.exists():

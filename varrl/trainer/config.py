@@ -96,6 +96,10 @@ class TrainConfig:
     grad_checkpointing: bool = False
     """recompute each transformer block in the backward pass instead of storing its activations
     (Infinity models; less memory for about a third more update time)"""
+    fsdp: bool = False
+    """shard the weights, gradients and optimizer state of the policy (and the frozen reference)
+    over the processes of torchrun with FSDP2, block by block (Infinity models that do not fit
+    one GPU); needs at least 2 processes"""
 
     def __post_init__(self) -> None:
         check_ranges(self, {

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from varrl.checkpoint import CheckpointError, load_object, load_state, load_tensors, save_checkpoint
+from varrl.trainer.fsdp import load_full_state_
 
 
 @dataclass
@@ -38,9 +39,10 @@ class RngState:
         rollout_gen.set_state(self.rollout_state)
 
 
-def save_train_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def save_train_checkpoint(root: Path, step: int, model_sd: dict[str, torch.Tensor], optim_sd: dict,
                           rngs: list[RngState], extra: dict, keep: int) -> Path:
-    """rngs: one per rank, in rank order. Tensors go to safetensors, the rest to JSON, the
+    """The model's and the optimizer's full state dicts (varrl.trainer.fsdp.full_state_dicts);
+    rngs: one per rank, in rank order. Tensors go to safetensors, the rest to JSON, the
     optimizer to a .pt read back with weights_only=True."""
     rng_tensors = {}
     for r, s in enumerate(rngs):
@@ -48,8 +50,8 @@ def save_train_checkpoint(root: Path, step: int, model: torch.nn.Module, optimiz
         rng_tensors[f"rank{r}.rollout"] = s.rollout_state
     state = {"step": step, "world": len(rngs), **extra,
              "rng": [{"numpy": s.numpy_state, "python": s.python_state} for s in rngs]}
-    return save_checkpoint(root, step, {"model": model.state_dict(), "rng": rng_tensors}, state,
-                           {"optimizer": optimizer.state_dict()}, keep=keep)
+    return save_checkpoint(root, step, {"model": model_sd, "rng": rng_tensors}, state, {"optimizer": optim_sd},
+                           keep=keep)
 
 
 def load_train_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -60,8 +62,8 @@ def load_train_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.o
     if saved_world != world:
         raise CheckpointError(f"{ckpt} was written by {saved_world} processes but this run has {world}; resume "
                               f"with the same number of processes (torchrun --nproc-per-node {saved_world})")
-    model.load_state_dict(load_tensors(ckpt / "model.safetensors"))
-    optimizer.load_state_dict(load_object(ckpt / "optimizer.pt"))
+    load_full_state_(model, optimizer, load_tensors(ckpt / "model.safetensors"), load_object(ckpt / "optimizer.pt"),
+                     str(ckpt))
     rng = load_tensors(ckpt / "rng.safetensors")
     js = state["rng"][rank]
     return state, RngState(rng[f"rank{rank}.torch"], js["numpy"], js["python"], rng[f"rank{rank}.rollout"])
