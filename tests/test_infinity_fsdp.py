@@ -62,10 +62,11 @@ def test_fsdp_ranks_stay_in_step_when_one_has_no_rows(files, tmp_path):  # noqa:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "a sign with the text \\"CAT\\"", "words": ["CAT"]}\n'
                        '{"prompt": "a red wall", "words": []}\n')
-    torchrun(*train_args(files, tmp_path, "nan", *FSDP, "train.steps=1", "rl.method=grpo",
+    # (Also the paper's method, VMR's prefix stage, and bf16 autocast with its bf16 reference, sharded.)
+    torchrun(*train_args(files, tmp_path, "nan", *FSDP, "train.steps=1", "policy.dtype=bfloat16",
                          f"data.prompts_file={prompts}", "reward.weights={text_ocr: 1.0}"), timeout=300)
     m = step_rows(tmp_path / "nan", 1)[0]  # (without the matching passes: a hang, until the timeout)
-    assert m["reward/skipped_groups"] == 1 and m["policy/grad_norm"] >= 0
+    assert m["reward/skipped_groups"] == 1 and m["policy/grad_norm"] >= 0 and "stage/prefix/loss" in m
 
 
 def test_fsdp_needs_several_processes(files, tmp_path, capsys):  # noqa: F811
