@@ -5,6 +5,7 @@ the frozen KL reference too, and keeps its ranks in step when one of them has no
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -22,9 +23,16 @@ COMMON = ("train.steps=2", "train.save_every=1", "rl.method=grpo", "train.grad_c
 def torchrun(*args, timeout=420):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "varrl",
            *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-3000:]
+    # Its own process group: a hang (ranks out of step) fails the test and leaves no rank behind.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s")
+    assert proc.returncode == 0, err[-3000:]
 
 
 def step_rows(run, step):
