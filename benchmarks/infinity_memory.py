@@ -5,18 +5,22 @@ real teacher-forced pass runs on meta tensors at the configured micro-batch.
 
     python benchmarks/infinity_memory.py                       # the table of docs/infinity.md
     python benchmarks/infinity_memory.py --preset infinity_2b --schedule 1M --micro-batch 2 --ckpt
+    python benchmarks/infinity_memory.py --preset infinity_8b --ckpt --fsdp 8   # train.fsdp over 8 GPUs
 
-Columns (GiB per GPU, one process per GPU, data parallel):
-  weights    the policy's fp32 master weights + the frozen fp32 reference (for the KL term)
-  grads      fp32 gradients of the trained weights
-  adamw      AdamW's two fp32 moments
+Columns (GiB per GPU, one process per GPU, data parallel; with --fsdp N sharded over N GPUs):
+  weights    the policy's fp32 master weights (FSDP: a 1/N shard, plus the root's and two blocks'
+             full weights, gathered while they run: the block in use and the next one)
+  ref        the frozen reference for the KL term, as `frozen_reference` stores it under bf16
+             autocast: matmul weights bf16, the rest fp32 (FSDP: a 1/N shard)
+  grads      fp32 gradients of the trained weights (FSDP: a 1/N shard)
+  adamw      AdamW's two fp32 moments (FSDP: a 1/N shard)
   text+vae   the frozen T5-XL encoder (bf16) and BSQ tokenizer (fp32) held for rollouts
   act        what the update's backward keeps for one micro-batch, recorded while the policy's
              scale-by-scale re-scoring pass runs (floats counted as bf16 under autocast; with
              gradient checkpointing: every block's inputs and KV caches plus one block's own
              activations at the last scale while it is recomputed)
   kv         the rollout's KV caches for one micro-batch of images, both CFG branches, bf16
-  total      weights + grads + adamw + text+vae + the larger of act and kv (not held together)
+  total      weights + ref + grads + adamw + text+vae + the larger of act and kv (not held together)
 The meta device runs PyTorch's math attention, which keeps the [B, heads, l_t, L_t] attention
 probabilities for the backward; the fused attention kernels on a GPU keep O(L) instead, so `act`
 is an upper bound.
@@ -85,7 +89,7 @@ def activation_bytes(model: Infinity, grids, rope_hw, B: int, low_precision: boo
             x = model.embed(ctx, None if k == 0 else inputs[k - 1], lay, k, k + 1)
             if checkpointing and k == len(grids) - 1:  # what one block's recomputation holds at its peak
                 last = sum(seen.values())
-                model.run_blocks(x, ctx, lay, k, k + 1, 0, 1, caches[:1] + [{}] * (depth - 1))
+                model.run_blocks(x, ctx, lay, k, k + 1, 0, 1, caches[:1] + model.new_cache()[1:])
                 last = sum(seen.values()) - last
                 break
             model.logits(model.run_blocks(x, ctx, lay, k, k + 1, 0, depth, caches), ctx)
@@ -96,26 +100,40 @@ def activation_bytes(model: Infinity, grids, rope_hw, B: int, low_precision: boo
     return depth * B * L * C * 4 + kv + last  # block inputs (fp32 residual) + caches + one block
 
 
-def setup_row(preset: str, schedule: str, micro_batch: int, checkpointing: bool, kl: bool = True) -> dict:
+def param_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def setup_row(preset: str, schedule: str, micro_batch: int, checkpointing: bool, fsdp: int = 1,
+              kl: bool = True) -> dict:
     with torch.device("meta"):
         model = Infinity(infinity_preset(preset))
+        ref = Infinity(infinity_preset(preset))
+    ref.store_matmuls_in_(torch.bfloat16)  # what frozen_reference keeps under bf16 autocast
     sched = infinity_schedule(schedule)
     n = count_params(model)
     t5, vae = t5_encoder_params(), vae_params(model.cfg.bits)
     act = activation_bytes(model, sched.grids, sched.final_grid, micro_batch, True, checkpointing)
     L, C = sched.total_tokens, model.cfg.width
     kv = 2 * 2 * micro_batch * L * C * 2 * model.cfg.depth  # K and V, 2 branches, bf16, every block
-    row = {"setup": f"{preset} {schedule} mb={micro_batch}{' ckpt' if checkpointing else ''}",
-           "weights": n * 4 * (2 if kl else 1) / GiB, "grads": n * 4 / GiB, "adamw": n * 8 / GiB,
+    weights = n * 4 / fsdp
+    if fsdp > 1:  # gathered while running: the root's own weights and two blocks
+        block = param_bytes(model.block_list[0])
+        weights += (n * 4 - block * model.cfg.depth) + 2 * block
+    row = {"setup": f"{preset} {schedule} mb={micro_batch}{' ckpt' if checkpointing else ''}"
+                    f"{f' fsdp={fsdp}' if fsdp > 1 else ''}",
+           "weights": weights / GiB, "ref": (param_bytes(ref) / fsdp if kl else 0) / GiB,
+           "grads": n * 4 / fsdp / GiB, "adamw": n * 8 / fsdp / GiB,
            "text+vae": ((t5 or 0) * 2 + (vae or 0) * 4) / GiB, "act": act / GiB, "kv": kv / GiB}
     # The rollout's KV caches and the update's activations are never held at the same time.
-    row["total"] = sum(row[k] for k in ("weights", "grads", "adamw", "text+vae")) + max(row["act"], row["kv"])
+    row["total"] = sum(row[k] for k in ("weights", "ref", "grads", "adamw", "text+vae")) + max(row["act"], row["kv"])
     row["params_B"] = n / 1e9
     return row
 
 
 SETUPS = [("infinity_125m", "0.06M", 16, False), ("infinity_2b", "0.06M", 8, False),
-          ("infinity_2b", "1M", 1, True), ("infinity_2b", "1M", 2, True), ("infinity_8b", "1M", 1, True)]
+          ("infinity_2b", "1M", 1, True), ("infinity_2b", "1M", 2, True), ("infinity_2b", "1M", 2, True, 8),
+          ("infinity_8b", "1M", 1, True), ("infinity_8b", "1M", 1, True, 8)]
 
 
 def main() -> None:
@@ -124,15 +142,16 @@ def main() -> None:
     ap.add_argument("--schedule", default="1M")
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing")
+    ap.add_argument("--fsdp", type=int, default=1, help="train.fsdp over this many GPUs (1: no sharding)")
     args = ap.parse_args()
-    setups = SETUPS if args.preset is None else [(args.preset, args.schedule, args.micro_batch, args.ckpt)]
-    cols = ["weights", "grads", "adamw", "text+vae", "act", "kv", "total"]
+    setups = SETUPS if args.preset is None else [(args.preset, args.schedule, args.micro_batch, args.ckpt, args.fsdp)]
+    cols = ["weights", "ref", "grads", "adamw", "text+vae", "act", "kv", "total"]
     print("| setup | params | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
     for s in setups:
         r = setup_row(*s)
         print(f"| {r['setup']} | {r['params_B']:.2f} B | " + " | ".join(f"{r[c]:.1f}" for c in cols) + " |")
-    print("GiB per GPU; full fine-tuning with AdamW and a frozen fp32 reference for the KL term.")
+    print("GiB per GPU; full fine-tuning with AdamW, bf16 autocast and its frozen reference for the KL term.")
 
 
 if __name__ == "__main__":

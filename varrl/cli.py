@@ -47,44 +47,77 @@ VAR_CFG = 1.5
 """guidance the published VAR checkpoints sample with (their demo settings)"""
 
 
-def default_cfg(checkpoint: str | None) -> float:
-    """The guidance strength `varrl sample` / `varrl eval` use when --cfg is not given: an RL run
-    directory's own `sampler.cfg`, 1.5 for a published VAR checkpoint (file or converted
-    directory), else the nano model's rollout default (no guidance: it reads better without)."""
-    import json
+def default_sampler(checkpoint: str | None):
+    """The sampler `varrl sample` / `varrl eval` use for the flags not given: a `varrl train` run's
+    own `sampler` (the run directory or its last/: sample as it trained), Infinity's official one
+    for an Infinity model (`--cfg 3` as Infinity counts it = cfg 2, constant, top-p 0.97), guidance
+    1.5 for a published VAR checkpoint (file or converted directory), else the nano model's rollout
+    default (no guidance: it reads better without)."""
     from pathlib import Path
 
     from varrl.config import load_config
+    from varrl.policy.infinity_policy import official_sampler
     from varrl.policy.load import shipped_model_dir
-    from varrl.policy.var_load import VAR_FORMAT, is_checkpoint_file
+    from varrl.policy.sampler import SamplerConfig
     from varrl.trainer.config import TrainRunConfig, apply_method_preset, nano_sampler
 
     root = shipped_model_dir() if checkpoint is None else Path(checkpoint)
     for run_cfg in (root / "config.yaml", root.parent / "config.yaml" if root.name == "last" else None):
         if run_cfg is not None and run_cfg.is_file():  # a `varrl train` run (or its last/): sample as it trained
-            return load_config(TrainRunConfig, run_cfg, [], apply_method_preset).sampler.cfg
+            return load_config(TrainRunConfig, run_cfg, [], apply_method_preset).sampler
+    kind = model_kind(root)
+    if kind == "infinity":
+        return official_sampler()
+    return SamplerConfig(cfg=VAR_CFG) if kind == "var" else nano_sampler()
+
+
+def model_kind(root) -> str:
+    """'infinity', 'var' or 'nano', read off the path (a broken folder: 'nano', and load_policy
+    then reports what is wrong with it)."""
+    import json
+
+    from varrl.models.infinity.files import is_infinity_path
+    from varrl.policy.infinity_load import INFINITY_FORMAT
+    from varrl.policy.var_load import VAR_FORMAT, is_checkpoint_file
+
+    if root.exists() and is_infinity_path(root):
+        return "infinity"
     if root.is_file() and is_checkpoint_file(root):
-        return VAR_CFG
+        return "var"
     for meta in (root / "config.json", root / "last" / "config.json"):
         if meta.is_file():
             try:
-                if json.loads(meta.read_text()).get("format") == VAR_FORMAT:
-                    return VAR_CFG
-            except json.JSONDecodeError:
-                pass  # load_policy reports a broken config.json with its own error
-            break
-    return nano_sampler().cfg
+                fmt = json.loads(meta.read_text()).get("format")
+            except (json.JSONDecodeError, AttributeError):
+                return "nano"  # load_policy reports a broken config.json with its own error
+            return {INFINITY_FORMAT: "infinity", VAR_FORMAT: "var"}.get(fmt, "nano")
+    return "nano"
+
+
+def default_cfg(checkpoint: str | None) -> float:
+    """The guidance strength used when --cfg is not given (see default_sampler)."""
+    return default_sampler(checkpoint).cfg
+
+
+SAMPLER_FLAGS = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature")
 
 
 def _sampler(args: argparse.Namespace, checkpoint: str | None):
-    from varrl.policy.sampler import SamplerConfig, SamplerConfigError
+    import dataclasses
 
-    cfg = default_cfg(checkpoint) if args.cfg is None else args.cfg
+    from varrl.policy.sampler import SamplerConfigError
+
+    given = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k, None) is not None}
     try:
-        return SamplerConfig(cfg=cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k, top_p=args.top_p,
-                             temperature=args.temperature)
+        return dataclasses.replace(default_sampler(checkpoint), **given)
     except SamplerConfigError as e:  # name the flag the user typed, not the config field
         raise UsageError(f"--{e.key.replace('_', '-')} {e.problem}") from None
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    """load_policy's keyword arguments from the model flags of sample / eval."""
+    return {"vae": args.vae, "text_encoder": args.text_encoder, "schedule": args.schedule,
+            "aspect_ratio": args.aspect_ratio, "dtype": args.dtype}
 
 
 def _check_seed(seed: int) -> None:
@@ -110,7 +143,10 @@ def _sample(args: argparse.Namespace) -> None:
     out = check_output_file(args.out, "--out")
     fmt = image_format(out, "--out")
     sampler = _sampler(args, args.checkpoint)
-    policy = load_policy(args.checkpoint, vae=args.vae)
+    from varrl.trainer.checks import check_device
+
+    check_device(args.device, "--device")
+    policy = load_policy(args.checkpoint, device=_device(args.device), **_model_kwargs(args))
     traj = policy.rollout(args.prompt, n=args.n, sampler=sampler, generator=torch.Generator().manual_seed(args.seed))
     images = to_uint8(policy.decode(traj))
     captions = list(traj.prompts)
@@ -124,6 +160,12 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(images)} samples to {out}")
 
 
+def _device(name: str) -> str:
+    from varrl.recipes.common import resolve_device
+
+    return str(resolve_device(name))
+
+
 def _eval(args: argparse.Namespace) -> None:
     from varrl.eval.cvtg import markdown_table
     from varrl.recipes.evaluate import EvalConfig, run_eval
@@ -133,7 +175,8 @@ def _eval(args: argparse.Namespace) -> None:
     cfg = EvalConfig(benchmark=args.benchmark, data=args.data, checkpoint=args.checkpoint, images=args.images,
                      out=args.out or f"runs/eval_{args.benchmark}", limit=args.limit, seed=args.seed,
                      batch=args.batch, ocr_workers=args.ocr_workers, clip_model=args.clip_model, device=args.device,
-                     sampler=sampler, hpsv3_backbone=args.hpsv3_backbone, hpsv3_checkpoint=args.hpsv3_checkpoint)
+                     sampler=sampler, hpsv3_backbone=args.hpsv3_backbone, hpsv3_checkpoint=args.hpsv3_checkpoint,
+                     **_model_kwargs(args))
     metrics = run_eval(cfg)
     if "by_regions" in metrics:
         print(markdown_table(metrics), end="")
@@ -169,6 +212,34 @@ def _data(args: argparse.Namespace) -> None:
     regions.write_records(chosen, args.out)
     print(f"wrote {len(chosen)} of {len(records)} prompts to {args.out}")
     print(regions.format_histogram(regions.histogram(chosen)))
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """What load_policy needs besides the checkpoint (an RL run's last/ names its own files)."""
+    p.add_argument("--vae", default=None, help="tokenizer file: of a VAR checkpoint (default: vae_ch160v4096z32.pth "
+                   "beside it), or the BSQ tokenizer of an Infinity model (infinity_vae_d32reg.pth for Infinity-2B)")
+    p.add_argument("--text-encoder", default=None, metavar="DIR",
+                   help="Infinity: the Flan-T5-XL folder (tokenizer + encoder)")
+    p.add_argument("--schedule", default=None, help="Infinity: scale schedule 1M (1024 px, the default), 0.60M, "
+                   "0.25M (512 px) or 0.06M (256 px); also 1024px .. 256px")
+    p.add_argument("--aspect-ratio", type=float, default=None, help="Infinity: image height / width (the nearest "
+                   "released template; default 1.0)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help="Infinity: compute dtype (bfloat16: autocast, for GPUs)")
+
+
+def add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    """Sampling flags; each one not given comes from default_sampler (the run's own sampler, Infinity's
+    official one, ...)."""
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance strength (default: a run "
+                   "directory's own sampler.cfg, 2 for Infinity models (Infinity's own --cfg 3), 1.5 for published "
+                   "VAR checkpoints, 0 for the nano model)")
+    p.add_argument("--cfg-schedule", choices=["linear", "constant"], default=None,
+                   help="(default: the run's; constant for Infinity models, else linear)")
+    p.add_argument("--top-k", type=int, default=None, help="(default: the run's, else 0: off)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="(default: the run's; 0.97 for Infinity models, else 0: off)")
+    p.add_argument("--temperature", type=float, default=None, help="(default: the run's, else 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,17 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, default=4, help="samples per prompt")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="samples.png", help="PNG file to write")
-    sp.add_argument("--checkpoint", default=None, help="model directory (default: the shipped nano model), or a "
-                    "published VAR checkpoint file (then --prompt takes class labels, e.g. --prompt 207)")
-    sp.add_argument("--vae", default=None, help="tokenizer file of a VAR checkpoint (default: "
-                    "vae_ch160v4096z32.pth beside it)")
-    sp.add_argument("--cfg", type=float, default=None, help="classifier-free guidance strength "
-                    "(default: a run directory's own sampler.cfg, 1.5 for published VAR checkpoints, 0 for the "
-                    "nano model)")
-    sp.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
-    sp.add_argument("--top-k", type=int, default=0)
-    sp.add_argument("--top-p", type=float, default=0.0)
-    sp.add_argument("--temperature", type=float, default=1.0)
+    sp.add_argument("--checkpoint", default=None, help="model directory or RL run (default: the shipped nano "
+                    "model), a published VAR checkpoint file (then --prompt takes class labels, e.g. --prompt 207), "
+                    "or a released Infinity transformer (.pth, .safetensors or shard folder; see --text-encoder)")
+    sp.add_argument("--device", default="cpu", help="device to sample on (cpu, cuda, auto)")
+    add_model_flags(sp)
+    add_sampler_flags(sp)
     sp.add_argument("--cols", type=int, default=0, help="grid columns (default: up to 8)")
     sp.add_argument("--scale", type=int, default=1, help="upscale each image by this factor")
     sp.add_argument("--ocr", action="store_true", help="caption each image with what the OCR engine reads")
@@ -246,13 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--benchmark hpsv3: local Qwen2-VL-7B-Instruct directory (config, tokenizer, preprocessor)")
     ev.add_argument("--hpsv3-checkpoint", default=None, metavar="FILE",
                     help="--benchmark hpsv3: the released HPSv3.safetensors")
-    ev.add_argument("--cfg", type=float, default=None, help="classifier-free guidance strength "
-                    "(default: a run directory's own sampler.cfg, 1.5 for published VAR checkpoints, 0 for the "
-                    "nano model)")
-    ev.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
-    ev.add_argument("--top-k", type=int, default=0)
-    ev.add_argument("--top-p", type=float, default=0.0)
-    ev.add_argument("--temperature", type=float, default=1.0)
+    add_model_flags(ev)
+    add_sampler_flags(ev)
     ev.set_defaults(func=_eval)
 
     da = sub.add_parser("data", help="prompt sets by text-region count: stats, sample, filter; benchmark builder")

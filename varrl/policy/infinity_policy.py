@@ -81,6 +81,16 @@ class InfinityPolicy:
         new.model = copy.deepcopy(self.model, memo)
         return new
 
+    def frozen_reference(self) -> InfinityPolicy:
+        """A frozen copy of this policy for the KL term. Under bf16 autocast its matmul weights are
+        stored in bf16 (the values autocast computes with anyway: its log-probs equal this
+        policy's bit for bit until the first update), which halves the reference's memory."""
+        ref = copy.deepcopy(self)
+        ref.model.requires_grad_(False)
+        if self.compute_dtype is not None:
+            ref.model.store_matmuls_in_(self.compute_dtype)
+        return ref
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -102,6 +112,9 @@ class InfinityPolicy:
         for p in prompts:
             if not isinstance(p, str) or not p.strip():
                 raise ValueError(f"prompt {p!r} is not a non-empty text: Infinity is a text-to-image model")
+
+    def prompt_text(self, text: str) -> str:
+        return text  # T5 reads the prompt as written (its tokenizer does its own normalisation)
 
     def text_features(self, prompt: str) -> torch.Tensor:
         """T5 features [1, T, Ct5] of one prompt (cached: the encoder is frozen)."""
@@ -127,15 +140,9 @@ class InfinityPolicy:
         feats = [self.text_features(p) for p in prompts]
         keys = [f.shape[1] for f in feats] if uncond else list(prompts)
         slot = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-        ctxs = []
-        for k in slot:
-            if uncond:
-                text, mask = self.model.uncond_text([k])
-            else:
-                text = feats[keys.index(k)]
-                mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-            with self._amp():
-                ctxs.append(self.model.encode_text(text, mask))
+        texts = list(slot) if uncond else [feats[keys.index(k)] for k in slot]
+        with self._amp():
+            ctxs = self.model.encode_texts(texts)
         return gather_context(ctxs, [slot[k] for k in keys])
 
     # -- tokenizer side -----------------------------------------------------------------------------
@@ -149,10 +156,6 @@ class InfinityPolicy:
         return [x.flatten(2).transpose(1, 2).float() for x in maps]
 
     @torch.no_grad()
-    def prompt_text(self, text: str) -> str:
-        """T5's tokenizer reads any text as given: the reward's targets need no mapping."""
-        return text
-
     def decode(self, traj: Trajectory) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1]; a prefix decodes to its coarse preview."""
         return self.vae.decode_bits([b.to(self.device) for b in self.bits(traj)], self.schedule).float().cpu()

@@ -122,11 +122,12 @@ def _only_infinity(root: Path, given: dict, dtype: str | None) -> None:
 
 
 def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: dict | None = None,
-                keep_base: bool = False) -> Path:
+                keep_base: bool = False, model_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `policy` as a model directory that `load_policy(dest)` reads, atomically: files go to a
     temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole).
     With LoRA adapters: the base in its own layout plus adapter.safetensors; `keep_base`: `dest`
-    already holds this frozen base (the caller wrote it), so link those files instead of rewriting."""
+    already holds this frozen base (the caller wrote it), so link those files instead of rewriting.
+    `model_state`: the transformer's full state dict when the model itself holds shards (FSDP)."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     if tmp.exists():
@@ -138,7 +139,10 @@ def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: di
         for name in ("model", "tokenizer"):
             if (dest / f"{name}.safetensors").exists():
                 os.link(dest / f"{name}.safetensors", tmp / f"{name}.safetensors")
-    weights = policy.model.state_dict() if lora is None else lora.base_state_dict()  # the model's own layout
+    if lora is not None:
+        weights = lora.base_state_dict()  # the model's own layout
+    else:
+        weights = policy.model.state_dict() if model_state is None else model_state
     if isinstance(policy, InfinityPolicy):
         save_infinity_policy(policy, tmp, extra, weights)
     else:

@@ -52,12 +52,29 @@ class EvalConfig:
     """hpsv3 benchmark: local Qwen2-VL-7B-Instruct directory (config, tokenizer, preprocessor files)"""
     hpsv3_checkpoint: str | None = None
     """hpsv3 benchmark: the released HPSv3.safetensors"""
+    vae: str | None = None
+    """tokenizer file of a VAR checkpoint, or the BSQ tokenizer of an Infinity model"""
+    text_encoder: str | None = None
+    """Infinity: the Flan-T5-XL folder"""
+    schedule: str | None = None
+    """Infinity: scale schedule (null: 1M, or an RL run's own)"""
+    aspect_ratio: float | None = None
+    """Infinity: image height / width (null: 1.0, or an RL run's own)"""
+    dtype: str | None = None
+    """Infinity: 'float32' or 'bfloat16' (null: float32, or an RL run's own)"""
 
 
 def _device(name: str) -> str:
     from varrl.recipes.common import resolve_device
 
     return str(resolve_device(name))
+
+
+def _policy(cfg: EvalConfig, device: str):
+    from varrl.policy.load import load_policy
+
+    return load_policy(cfg.checkpoint, device=device, vae=cfg.vae, text_encoder=cfg.text_encoder,
+                       schedule=cfg.schedule, aspect_ratio=cfg.aspect_ratio, dtype=cfg.dtype)
 
 
 def run_cvtg(cfg: EvalConfig) -> dict:
@@ -87,9 +104,7 @@ def run_cvtg(cfg: EvalConfig) -> dict:
             chunks = load_chunks(items, images_dir, cfg.batch, load_log)
             desc = "scoring"
         else:
-            from varrl.policy.load import load_policy
-
-            policy = load_policy(cfg.checkpoint, device=device)
+            policy = _policy(cfg, device)
             chunks = generate_chunks(policy, items, out, cfg.sampler, cfg.seed, cfg.batch, gen_log)
             desc = "generating+scoring"
         scores = score_chunks(chunks, len(items), ocr, clip, desc, failed=load_log.unreadable)
@@ -145,9 +160,7 @@ def run_hpsv3(cfg: EvalConfig) -> dict:
     if cfg.images:
         source, name = cfg.images, cfg.images
     else:
-        from varrl.policy.load import load_policy
-
-        source = policy_generator(load_policy(cfg.checkpoint, device=device), cfg.sampler, cfg.seed)
+        source = policy_generator(_policy(cfg, device), cfg.sampler, cfg.seed)
         name = cfg.checkpoint or "shipped nano model"
     return run_hpsv3_benchmark(source, cfg.data, cfg.out, scorer, limit=cfg.limit, batch=cfg.batch, name=name)
 

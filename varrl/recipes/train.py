@@ -21,6 +21,7 @@ def steps_done(run_dir: Path) -> int:
 
 def run_train(config_path: str | None, overrides: list[str], resume: str | None) -> tuple[Path, dict | None]:
     from varrl.trainer.checks import check_resume, check_run_dir, check_start
+    from varrl.trainer.fsdp import check_fsdp
     from varrl.trainer.loop import train
 
     if resume:
@@ -46,6 +47,7 @@ def run_train(config_path: str | None, overrides: list[str], resume: str | None)
         if cfg.train.prompts_per_step % info.world:
             raise RunDirError(f"train.prompts_per_step={cfg.train.prompts_per_step} must be divisible by the "
                               f"number of processes ({info.world}): a prompt's group stays on one process")
+        check_fsdp(cfg.train, info.world)
         if info.main:
             for w in warnings:
                 print(f"varrl train: warning: {w}", file=sys.stderr)

@@ -101,6 +101,10 @@ class TrainConfig:
     grad_checkpointing: bool = False
     """recompute each transformer block in the backward pass instead of storing its activations
     (Infinity models; less memory for about a third more update time)"""
+    fsdp: bool = False
+    """shard the weights, gradients and optimizer state of the policy (and the frozen reference)
+    over the processes of torchrun with FSDP2, block by block (Infinity models that do not fit
+    one GPU); needs at least 2 processes"""
 
     def __post_init__(self) -> None:
         check_ranges(self, {
@@ -276,6 +280,9 @@ class TrainRunConfig:
 
     def __post_init__(self) -> None:
         # Each section checks its own ranges; what is left are rules that span sections.
+        if self.train.fsdp and self.train.lora.enabled:
+            raise ValueError("train.fsdp does not combine with train.lora yet (adapters would have to be attached "
+                             "before sharding, which is untested): use one of the two")
         rl = self.rl
         if rl.vmr.splits and not rl.vmr.enabled:
             raise ValueError("rl.vmr.splits needs VMR: set rl.vmr.enabled=true (rl.method=grpo turns it off) "

@@ -55,10 +55,15 @@ def gather_objects(info: DistInfo, obj) -> list:
 
 def average_gradients_(info: DistInfo, params: list[torch.nn.Parameter]) -> None:
     """Average the gradients over ranks with one all-reduce of a flat buffer (what DDP's buckets
-    do; the policy API runs its own forward passes, which DDP's wrapper cannot hook)."""
+    do; the policy API runs its own forward passes, which DDP's wrapper cannot hook). Gradients
+    of FSDP-sharded parameters (DTensors) are left alone: FSDP has reduce-scattered them already."""
     if info.world == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
+    if not grads:
+        return
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= info.world

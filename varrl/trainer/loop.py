@@ -31,6 +31,7 @@ from varrl.trainer.config import TrainRunConfig
 from varrl.trainer.credit import Advantages, CreditInputs, advantages
 from varrl.trainer.dist import DistInfo, barrier, gather_objects
 from varrl.trainer.evaluate import evaluate
+from varrl.trainer.fsdp import full_state_dicts, shard_policies_
 from varrl.trainer.report import RunWriter, plot_rewards, write_report
 from varrl.trainer.state import RngState, load_train_checkpoint, save_train_checkpoint
 from varrl.trainer.update import NonFiniteLossError, UpdatePlan, policy_update
@@ -86,9 +87,9 @@ class Trainer:
             self.ref_policy = BaseModelView(self.policy) if cfg.rl.uses_kl() else None
             params = self.lora.parameters()
         else:
-            self.ref_policy = copy.deepcopy(self.policy) if cfg.rl.uses_kl() else None  # frozen start
-            if self.ref_policy is not None:
-                self.ref_policy.model.requires_grad_(False)
+            self.ref_policy = frozen_reference(self.policy) if cfg.rl.uses_kl() else None  # frozen start
+            if tc.fsdp:  # before the optimizer: it must hold the sharded parameters
+                shard_policies_(self.policy, self.ref_policy)
             params = select_trainable(self.policy.model, tc.trainable)
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + info.rank)  # this rank's noise
@@ -219,7 +220,7 @@ class Trainer:
         with nullcontext() if self.lora is None else self.lora.dropout_active():
             out = policy_update(self.policy, self.ref_policy, batch.traj.select(keep), kept.sample_B, plan,
                                 self.cfg.rl, self.cfg.train, self.optimizer if optimizer is None else optimizer,
-                                self.info)
+                                self.info, batch.traj.select([0]))
         if self.lora is not None and not self.lora_checked and len(keep):
             self.lora.check_reached()  # a layer the model never calls would hold a dead adapter
             self.lora_checked = True
@@ -256,16 +257,17 @@ class Trainer:
 
     def save(self, at: int) -> None:
         rngs = gather_objects(self.info, RngState.capture(self.gen))
+        model_sd, optim_sd = full_state_dicts(self.policy.model, self.optimizer)  # with FSDP: gathered on rank 0
         if self.info.main:
             where = self.run_dir / "checkpoints"
             try:
-                save_train_checkpoint(where, at, self.policy.model, self.optimizer, rngs,
+                save_train_checkpoint(where, at, model_sd, optim_sd, rngs,
                                       {"data_position": at * self.cfg.train.prompts_per_step, "wall_s": self.wall_s()},
                                       self.cfg.train.keep_checkpoints, self.lora)
                 where = self.run_dir / "last"
                 # With adapters the base is frozen: after this session's first save only the adapters are new.
                 save_policy(self.policy, where, {"trained": {"rl_steps": at, "run": self.run_dir.name}},
-                            keep_base=self.base_saved)
+                            keep_base=self.base_saved, model_state=model_sd if self.lora is None else None)
                 self.base_saved = self.lora is not None
             except (OSError, RuntimeError) as e:  # a full disk shows as either (torch's zip writer: RuntimeError)
                 raise CheckpointWriteError(where, at, e, self.run_dir) from e
@@ -323,6 +325,16 @@ def no_signal(m: dict, groups: int, skipped: int, trainable: str | None) -> list
         out.append(("zero_grad", "the update's gradient is exactly 0, most likely because " + why + "every "
                                  "group's rewards were equal (no advantage) while the KL term is still 0"))
     return out
+
+
+def frozen_reference(policy):
+    """The frozen starting policy of the KL term: the policy's own `frozen_reference()` where it has
+    one (Infinity: bf16 matmul weights under bf16 autocast), else a copy."""
+    if hasattr(policy, "frozen_reference"):
+        return policy.frozen_reference()
+    ref = copy.deepcopy(policy)
+    ref.model.requires_grad_(False)
+    return ref
 
 
 def select_trainable(model: torch.nn.Module, pattern: str | None) -> list[torch.nn.Parameter]:

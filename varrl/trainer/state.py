@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from varrl.checkpoint import CheckpointError, load_object, load_state, load_tensors, save_checkpoint
+from varrl.trainer.fsdp import load_full_state_
 
 
 @dataclass
@@ -38,11 +39,12 @@ class RngState:
         rollout_gen.set_state(self.rollout_state)
 
 
-def save_train_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def save_train_checkpoint(root: Path, step: int, model_sd: dict[str, torch.Tensor], optim_sd: dict,
                           rngs: list[RngState], extra: dict, keep: int, adapters=None) -> Path:
-    """rngs: one per rank, in rank order. Tensors go to safetensors, the rest to JSON, the
-    optimizer to a .pt read back with weights_only=True. With LoRA `adapters`, model.safetensors
-    holds only the adapter tensors: the frozen base is re-read from policy.path on resume."""
+    """The model's and the optimizer's full state dicts (varrl.trainer.fsdp.full_state_dicts);
+    rngs: one per rank, in rank order. Tensors go to safetensors, the rest to JSON, the optimizer
+    to a .pt read back with weights_only=True. With LoRA `adapters`, model.safetensors holds only
+    the adapter tensors: the frozen base is re-read from policy.path on resume."""
     rng_tensors = {}
     for r, s in enumerate(rngs):
         rng_tensors[f"rank{r}.torch"] = s.torch_state
@@ -51,9 +53,9 @@ def save_train_checkpoint(root: Path, step: int, model: torch.nn.Module, optimiz
              "rng": [{"numpy": s.numpy_state, "python": s.python_state} for s in rngs]}
     if adapters is not None:
         state["lora"] = adapters.describe()
-    weights = model.state_dict() if adapters is None else adapters.state_dict()
-    return save_checkpoint(root, step, {"model": weights, "rng": rng_tensors}, state,
-                           {"optimizer": optimizer.state_dict()}, keep=keep)
+    weights = model_sd if adapters is None else adapters.state_dict()
+    return save_checkpoint(root, step, {"model": weights, "rng": rng_tensors}, state, {"optimizer": optim_sd},
+                           keep=keep)
 
 
 def load_train_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -69,10 +71,11 @@ def load_train_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.o
         saved = f"with LoRA (train.lora.rank={state['lora']['rank']})" if "lora" in state else "without LoRA"
         raise CheckpointError(f"{ckpt} was written {saved}; resume with the train.lora settings of the run")
     if adapters is None:
-        model.load_state_dict(load_tensors(ckpt / "model.safetensors"))
+        load_full_state_(model, optimizer, load_tensors(ckpt / "model.safetensors"),
+                         load_object(ckpt / "optimizer.pt"), str(ckpt))
     else:
         adapters.load_state_dict(load_tensors(ckpt / "model.safetensors"), f"{ckpt}/model.safetensors")
-    optimizer.load_state_dict(load_object(ckpt / "optimizer.pt"))
+        optimizer.load_state_dict(load_object(ckpt / "optimizer.pt"))
     rng = load_tensors(ckpt / "rng.safetensors")
     js = state["rng"][rank]
     return state, RngState(rng[f"rank{rank}.torch"], js["numpy"], js["python"], rng[f"rank{rank}.rollout"])

@@ -12,7 +12,8 @@ from varrl.algorithms.grpo import aggregate, clipped_policy_term, k3_kl
 from varrl.policy.sampler import NonFiniteError
 from varrl.policy.trajectory import Trajectory
 from varrl.trainer.config import RlConfig, TrainConfig
-from varrl.trainer.dist import DistInfo, average_gradients_, broadcast_flag
+from varrl.trainer.dist import DistInfo, average_gradients_, broadcast_flag, gather_objects
+from varrl.trainer.fsdp import full_value, local
 
 
 class NonFiniteLossError(NonFiniteError):
@@ -37,11 +38,14 @@ class UpdatePlan:
 
 
 def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, plan: UpdatePlan,
-                  rl: RlConfig, train: TrainConfig, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
-    """Returns `policy/*` metrics averaged over epochs and tokens, and `scale/<t>/*` per trained grid."""
+                  rl: RlConfig, train: TrainConfig, optimizer: torch.optim.Optimizer, info: DistInfo,
+                  spare: Trajectory | None = None) -> dict:
+    """Returns `policy/*` metrics averaged over epochs and tokens, and `scale/<t>/*` per trained grid.
+    `spare`: one row of the rollout batch, for the zero-loss passes a sharded model may need."""
     B = traj.batch_size
     params = [p for p in policy.parameters() if p.requires_grad]
     chunks = [list(range(i, min(B, i + train.micro_batch))) for i in range(0, B, train.micro_batch)]
+    extra = _passes_to_match(info, policy, len(chunks))
     old, ref = [None] * len(chunks), [None] * len(chunks)
     per_step = {t: dict.fromkeys(("ratio", "clip", "kl", "tokens", "mask"), 0.0) for t in plan.steps}
     sums = {"loss": 0.0, "first_dev": 0.0, "entropy": 0.0, "drift": 0.0}
@@ -69,16 +73,39 @@ def policy_update(policy, ref_policy, traj: Trajectory, adv_B: torch.Tensor, pla
                 sums["entropy"] += -sum(o.sum().item() for o in old[c])
                 stored = [sub.logprobs[t].to(o.device) for t, o in zip(plan.steps, old[c])]
                 sums["drift"] = max(sums["drift"], max((o - s).abs().max().item() for o, s in zip(old[c], stored)))
-        bad = not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+        for _ in range(extra):
+            _zero_pass(policy, ref_policy if epoch == 0 and beta > 0 else None,
+                       traj.select([0]) if spare is None else spare, plan.steps)
+        # (FSDP: each rank checks its own shard; the flag is reduced over ranks.)
+        bad = not all(torch.isfinite(local(p.grad)).all() for p in params if p.grad is not None)
         if broadcast_flag(info, bad or not math.isfinite(sums["loss"])):
             raise NonFiniteLossError("the loss or its gradient is not finite; the update was not applied")
         average_gradients_(info, params)
         # The norm is logged with clipping off too (an infinite threshold measures without clipping).
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip if train.grad_clip > 0 else math.inf).item()
+        grad_norm = full_value(torch.nn.utils.clip_grad_norm_(
+            params, train.grad_clip if train.grad_clip > 0 else math.inf)).item()
         optimizer.step()
-        if not all(torch.isfinite(p).all() for p in params):
+        if broadcast_flag(info, not all(torch.isfinite(local(p)).all() for p in params)):
             raise NonFiniteLossError("the update made the weights non-finite")
     return _metrics(per_step, sums, old, plan, train.epochs, grad_norm)
+
+
+def _passes_to_match(info: DistInfo, policy, passes: int) -> int:
+    """Passes this rank must add so that every rank runs as many as the busiest one (ranks differ
+    when rows without a return were dropped): the calls of an FSDP-sharded model are collectives,
+    and without FSDP a rank with no rows would otherwise have no gradients to all-reduce."""
+    if info.world == 1:
+        return 0
+    return max(gather_objects(info, passes)) - passes
+
+
+def _zero_pass(policy, ref_policy, row: Trajectory, steps: list[int]) -> None:
+    """The calls (and so the collectives) of one micro-batch pass, with a zero loss."""
+    lp = policy.logprobs(row, steps)
+    if ref_policy is not None:
+        with torch.no_grad():
+            ref_policy.logprobs(row, steps)
+    (sum(x.sum() for x in lp) * 0).backward()
 
 
 def _metrics(per_step: dict, sums: dict, old: list, plan: UpdatePlan, epochs: int, grad_norm: float) -> dict:

@@ -10,6 +10,7 @@ PyTorch's `scaled_dot_product_attention`; nothing here needs flash-attn.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, MutableMapping
 
 import torch
 import torch.nn as nn
@@ -51,6 +52,32 @@ def apply_rope(x_BHLc: torch.Tensor, cos_Lh: torch.Tensor, sin_Lh: torch.Tensor)
     return torch.stack((cos_Lh * x0 - sin_Lh * x1, sin_Lh * x0 + cos_Lh * x1), dim=-1).flatten(-2)
 
 
+# -- caches -------------------------------------------------------------------------------------
+class KVCache(MutableMapping):
+    """One block's cached keys/values of the earlier scales ("k", "v"; "ca_k", "ca_v" for the text),
+    which the block extends in place. A mapping but not a dict on purpose: FSDP2 rebuilds the dict,
+    list and tuple arguments of a sharded module's forward to hook their tensors, so a block
+    appending to a dict argument would append to a copy and later scales would lose their past."""
+
+    def __init__(self, items: dict[str, torch.Tensor] | None = None):
+        self._kv: dict[str, torch.Tensor] = dict(items or {})
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._kv[key]
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        self._kv[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._kv[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kv)
+
+    def __len__(self) -> int:
+        return len(self._kv)
+
+
 # -- norms ----------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -86,7 +113,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x_BLC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask_LL: torch.Tensor | None,
-                cache: dict | None) -> torch.Tensor:
+                cache: KVCache | None) -> torch.Tensor:
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = (self.mat_qkv(x_BLC) + bias).view(B, L, 3, self.heads, self.head_dim)
@@ -128,7 +155,7 @@ class CrossAttention(nn.Module):
         return k, v
 
     def forward(self, x_BLC: torch.Tensor | None, text_BTC: torch.Tensor, mask_BT: torch.Tensor,
-                cache: dict | None = None) -> torch.Tensor:
+                cache: KVCache | None = None) -> torch.Tensor:
         if cache is not None and "ca_k" in cache:  # the text is the same at every scale
             k, v = cache["ca_k"], cache["ca_v"]
         else:
@@ -185,7 +212,7 @@ class CrossAttnBlock(nn.Module):
 
     def forward(self, x_BLC: torch.Tensor, gss_B16C: torch.Tensor, text_BTC: torch.Tensor, mask_BT: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor], mask_LL: torch.Tensor | None,
-                cache: dict | None) -> torch.Tensor:
+                cache: KVCache | None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + gss_B16C).unbind(2)
         x_BLC = x_BLC + self.sa(ada_norm(x_BLC, scale1, shift1, self.eps), rope, mask_LL, cache).mul(gamma1)
         x_BLC = x_BLC + self.ca(self.ca_norm(x_BLC), text_BTC, mask_BT, cache).float()

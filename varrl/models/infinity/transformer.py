@@ -27,7 +27,15 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from varrl.models.infinity.blocks import AdaLNBeforeHead, BlockChunk, CrossAttnBlock, RMSNorm, TextPool, rope_angles
+from varrl.models.infinity.blocks import (
+    AdaLNBeforeHead,
+    BlockChunk,
+    CrossAttnBlock,
+    KVCache,
+    RMSNorm,
+    TextPool,
+    rope_angles,
+)
 
 LEVELS = 15  # rows of lvl_embed in the released files (grids per schedule: at most 13)
 
@@ -112,6 +120,25 @@ class Infinity(nn.Module):
         """recompute each block in the backward pass instead of keeping its activations"""
         self._layout: dict = {}
 
+    fsdp_forward_methods = ("encode_texts", "embed", "logits")
+    """the methods besides `forward` through which the policy reads the root's own weights (FSDP
+    gathers them around each call; the blocks are sharded units of their own)"""
+
+    def fsdp_units(self) -> list[CrossAttnBlock]:
+        """The modules FSDP shards one by one (then the root holds the rest)."""
+        return self.block_list
+
+    def store_matmuls_in_(self, dtype: torch.dtype) -> None:
+        """Keep the weights of every Linear that runs under autocast in `dtype` (for a frozen copy
+        under `dtype` autocast: autocast rounds fp32 weights to the same values before each
+        matmul, so the outputs are unchanged and those weights take half the memory). The head
+        and its norm run with autocast off and stay fp32, as do norms, biases added outside a
+        Linear, embeddings and the learned offsets."""
+        fp32 = {id(m) for m in (*self.head_nm.modules(), self.head)}
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and id(m) not in fp32:
+                m.to(dtype)
+
     @property
     def block_list(self) -> list[CrossAttnBlock]:
         if self.cfg.block_chunks == 1:
@@ -134,8 +161,22 @@ class Infinity(nn.Module):
         vectors [B, 1, 6, C], the cross-attention text [B, T, D] and its mask [B, T]."""
         t = self.text_norm(feats_BTC.float())
         cond = self.text_proj_for_sos(t, mask_BT).float()
-        gss = self.shared_ada_lin(cond).float().view(-1, 1, 6, self.cfg.width)
+        # A copy, not a view: FSDP hooks a sharded module's outputs and warns on views of them.
+        gss = self.shared_ada_lin(cond).float().view(-1, 1, 6, self.cfg.width).clone()
         return {"cond": cond, "gss": gss, "text": self.text_proj_for_ca(t), "mask": mask_BT}
+
+    def encode_texts(self, texts: list[torch.Tensor | int]) -> list[dict]:
+        """`encode_text` of each text on its own: T5 features [1, T, Ct5], or an int `len` for the
+        unconditional text of a prompt of that many tokens. One call for any number of texts, so
+        that under FSDP every rank makes the same calls (and gathers) whatever its prompts."""
+        out = []
+        for t in texts:
+            if isinstance(t, int):
+                feats, mask = self.uncond_text([t])
+            else:
+                feats, mask = t, torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)
+            out.append(self.encode_text(feats, mask))
+        return out
 
     # -- sequence pieces --------------------------------------------------------------------------
     def layout(self, grids, rope_hw: tuple[int, int], device) -> dict:
@@ -165,7 +206,7 @@ class Infinity(nn.Module):
         return x + self.lvl_embed(lay["lvl"][a:b])
 
     def run_blocks(self, x_BLC: torch.Tensor, ctx: dict, lay: dict, lo: int, hi: int, first: int, stop: int,
-                   caches: list[dict] | None) -> torch.Tensor:
+                   caches: list[KVCache] | None) -> torch.Tensor:
         """Blocks first..stop-1 on the tokens of steps lo..hi-1. Without caches the pass starts at
         step 0 and masks block-causally; with caches the tokens attend to the cached earlier steps
         and append their own keys/values (sampling, and the policy's scale-by-scale teacher forcing)."""
@@ -195,8 +236,8 @@ class Infinity(nn.Module):
         with torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext():
             return self.head(self.head_nm(x_BLC.float(), ctx["cond"].float())).float()
 
-    def new_cache(self) -> list[dict]:
-        return [{} for _ in range(self.cfg.depth)]
+    def new_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in range(self.cfg.depth)]
 
     # -- teacher forcing ----------------------------------------------------------------------------
     def forward(self, ctx: dict, inputs_BLd: torch.Tensor, grids, rope_hw: tuple[int, int]) -> torch.Tensor:
@@ -211,7 +252,7 @@ class Infinity(nn.Module):
 
 
 def _block_with_past(block, x_BLC, gss, text, text_mask, rope, past_k, past_v):
-    cache = {} if past_k is None else {"k": past_k, "v": past_v}
+    cache = KVCache() if past_k is None else KVCache({"k": past_k, "v": past_v})
     y = block(x_BLC, gss, text, text_mask, rope, None, cache)
     return y, cache["k"], cache["v"]
 
@@ -235,5 +276,5 @@ def fork_context(ctx: dict, n: int) -> dict:
     return {k: v.repeat_interleave(n, dim=0) for k, v in ctx.items()}
 
 
-def fork_caches(caches: list[dict], n: int) -> list[dict]:
-    return [{k: v.repeat_interleave(n, dim=0) for k, v in c.items()} for c in caches]
+def fork_caches(caches: list[KVCache], n: int) -> list[KVCache]:
+    return [KVCache({k: v.repeat_interleave(n, dim=0) for k, v in c.items()}) for c in caches]
