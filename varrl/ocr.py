@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from varrl.eval.textmetrics import split_words
+from varrl.textmetrics import split_words
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from varrl.config import to_dict
+from varrl.device import resolve_device
 from varrl.eval.cvtg import EvalError
 from varrl.fileio import atomic_write_text
 from varrl.policy.sampler import SamplerConfig
@@ -54,12 +55,6 @@ class EvalConfig:
     """hpsv3 benchmark: the released HPSv3.safetensors"""
 
 
-def _device(name: str) -> str:
-    from varrl.recipes.common import resolve_device
-
-    return str(resolve_device(name))
-
-
 def run_cvtg(cfg: EvalConfig) -> dict:
     """Generate or load one image per CVTG prompt, score word accuracy, NED and CLIPScore, write
     OUT/metrics.json and OUT/metrics.md, and return the metrics."""
@@ -73,7 +68,7 @@ def run_cvtg(cfg: EvalConfig) -> dict:
         raise EvalError(f"--images folder not found: {cfg.images}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     clip, clip_note = load_clip(cfg.clip_model, device)
     if clip_note:
         print(f"varrl eval: {clip_note}", file=sys.stderr)
@@ -140,7 +135,7 @@ def run_hpsv3(cfg: EvalConfig) -> dict:
     if not cfg.hpsv3_backbone or not cfg.hpsv3_checkpoint:
         raise EvalError("--benchmark hpsv3 needs --hpsv3-backbone (a Qwen2-VL-7B-Instruct directory) and "
                         "--hpsv3-checkpoint (HPSv3.safetensors)")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     scorer = HpsV3Scorer.load(cfg.hpsv3_backbone, cfg.hpsv3_checkpoint, device=device, batch_size=cfg.batch)
     if cfg.images:
         source, name = cfg.images, cfg.images

@@ -23,13 +23,14 @@ from varrl.checkpoint import (
 )
 from varrl.config import to_dict
 from varrl.data.synth import SynthGenerator
+from varrl.device import resolve_device
 from varrl.eval.heldout import heldout_prompts, measure_word_accuracy
 from varrl.models.nano import NanoVAR
 from varrl.models.text import batch_prompts
 from varrl.models.tokenizer import VQTokenizer
 from varrl.policy.nano_policy import NanoPolicy
 from varrl.policy.sampler import SamplerConfig
-from varrl.recipes.common import MetricLog, Timer, cosine_lr, resolve_device, synth_batch
+from varrl.recipes.common import MetricLog, Timer, cosine_lr, synth_batch
 from varrl.viz import image_grid
 
 

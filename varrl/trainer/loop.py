@@ -22,6 +22,7 @@ from varrl.algorithms.stages import stage_at
 from varrl.checkpoint import CheckpointError, latest_checkpoint
 from varrl.config import ConfigError
 from varrl.data.prompts import ClassPrompts, JsonlPrompts, SynthPrompts
+from varrl.device import resolve_device
 from varrl.policy.load import load_policy, save_policy
 from varrl.policy.sampler import NonFiniteError
 from varrl.rewards import build_reward
@@ -69,7 +70,8 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(cfg.run.seed)
         pc = cfg.policy
-        self.policy = load_policy(pc.path, device=pick_device(pc.device, info), vae=pc.vae,
+        device = resolve_device(pc.device, info.local_rank if info.world > 1 else None)
+        self.policy = load_policy(pc.path, device=device, vae=pc.vae,
                                   text_encoder=pc.text_encoder, schedule=pc.schedule, aspect_ratio=pc.aspect_ratio,
                                   dtype=pc.dtype)
         if tc.grad_checkpointing:
@@ -336,14 +338,6 @@ def resolve_split(spec: int | str, schedule) -> int:
         raise ConfigError(f"rl.vmr.m={spec!r} is step {m}; VMR needs a split inside 1..{schedule.num_steps - 1} "
                           f"(grids {[h for h, _ in schedule.grids]})", "rl.vmr.m")
     return m
-
-
-def pick_device(name: str, info: DistInfo) -> str:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and info.world > 1:
-        name = f"cuda:{info.local_rank}"  # one GPU per process under torchrun
-    return name
 
 
 @dataclass
