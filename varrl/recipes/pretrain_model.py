@@ -20,6 +20,7 @@ from varrl.checkpoint import (
     load_state,
     load_tensors,
     save_checkpoint,
+    write_manifest,
 )
 from varrl.config import to_dict
 from varrl.data.synth import SynthGenerator
@@ -146,6 +147,7 @@ def export_weights(cfg, run_dir: Path, dest: Path | None = None) -> Path:
             "trained": {"tokenizer_steps": load_state(tok_ckpt)["step"], "model_steps": load_state(model_ckpt)["step"],
                         "data": to_dict(cfg.data), "init": _init_history(cfg.model_train.init_from)}}
     atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
+    write_manifest(tmp)  # last: it vouches for the finished folder
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)

@@ -31,7 +31,7 @@ from varrl.trainer.config import TrainRunConfig
 from varrl.trainer.dist import DistInfo, barrier, gather_objects
 from varrl.trainer.evaluate import evaluate
 from varrl.trainer.report import RunWriter, plot_rewards, write_report
-from varrl.trainer.state import RngState, load_train_checkpoint, save_train_checkpoint
+from varrl.trainer.state import RngState, resume_train_checkpoint, save_train_checkpoint
 from varrl.trainer.update import NonFiniteLossError, UpdatePlan, policy_update
 
 
@@ -93,12 +93,8 @@ class Trainer:
                 source.check(lambda p: self.policy.check_prompts([p]))
         self.policy.check_prompts([r.prompt for r in self.eval_records])
         self.start, self.wall_before = 0, 0.0
-        ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
-        if ckpt is not None:
-            state, rng = load_train_checkpoint(ckpt, self.policy.model, self.optimizer, info.rank, info.world)
-            rng.restore(self.gen)
-            self.start = state["step"]
-            self.wall_before = float(state.get("wall_s", 0.0))  # checkpoints before this field: unknown, 0
+        if resume:
+            self.resume()
         self.writer = RunWriter(run_dir, self.start if resume else None) if info.main else None
         self.noted: set[str] = set()  # kinds of "the update did nothing" already reported this session
         for w in warnings:  # found before the start (varrl.trainer.checks): kept for report.md
@@ -106,6 +102,30 @@ class Trainer:
         self.reward = build_reward(cfg.reward)
         self.mine = info.shard(tc.prompts_per_step)
         self.m = resolve_split(cfg.rl.vmr.m, self.policy.schedule) if cfg.rl.vmr.enabled else None
+
+    def resume(self) -> None:
+        """Continue from the newest intact checkpoint (none yet: from the start); every rank must
+        pick the same one."""
+        info, skipped = self.info, []
+
+        def warn(text: str) -> None:
+            skipped.append(text)
+            if info.main:
+                tqdm.write(f"WARNING: {text}", file=sys.stderr)
+
+        found = resume_train_checkpoint(self.run_dir / "checkpoints", self.policy.model, self.optimizer, info.rank,
+                                        info.world, warn)
+        steps = gather_objects(info, None if found is None else found[1]["step"])
+        if len(set(steps)) > 1:
+            raise CheckpointError(f"the processes found different newest intact checkpoints (steps {steps}) in "
+                                  f"{self.run_dir / 'checkpoints'}; do they all see the same files?")
+        if found is not None:
+            ckpt, state, rng = found
+            if skipped and info.main:
+                tqdm.write(f"resuming from {ckpt} (step {state['step']})", file=sys.stderr)
+            rng.restore(self.gen)
+            self.start = state["step"]
+            self.wall_before = float(state.get("wall_s", 0.0))  # checkpoints before this field: unknown, 0
 
     def run(self) -> dict | None:
         tc = self.cfg.train
