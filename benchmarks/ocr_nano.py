@@ -16,9 +16,9 @@ import varrl
 from varrl.config import from_dict
 from varrl.data.synth import SynthConfig
 from varrl.eval.heldout import heldout_prompts, measure_word_accuracy
-from varrl.eval.textmetrics import WordStats, word_stats
 from varrl.ocr import OcrPool
 from varrl.policy.load import shipped_model_dir
+from varrl.textmetrics import WordStats, word_stats
 from varrl.viz import image_grid
 
 

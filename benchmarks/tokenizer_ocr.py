@@ -18,10 +18,10 @@ import torch
 import varrl
 from varrl.config import from_dict
 from varrl.data.synth import SynthConfig, SynthGenerator
-from varrl.eval.textmetrics import word_hits
 from varrl.ocr import OcrPool
 from varrl.policy.load import shipped_model_dir
 from varrl.recipes.common import synth_batch
+from varrl.textmetrics import word_hits
 from varrl.viz import image_grid, to_uint8
 
 

@@ -19,8 +19,8 @@ from varrl.eval.cvtg import (
 )
 from varrl.eval.runner import fit_prompt
 from varrl.eval.synthbench import build_synth_cvtg
-from varrl.eval.textmetrics import SINGLE_QUOTES, WordStats, quoted_spans, quoted_words, word_stats
 from varrl.recipes.evaluate import shipped_cvtg_root
+from varrl.textmetrics import SINGLE_QUOTES, WordStats, quoted_spans, quoted_words, word_stats
 
 # --- target words ------------------------------------------------------------------------------------
 

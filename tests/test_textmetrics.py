@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from varrl.eval.textmetrics import ned_similarity, quoted_words, word_hits
+from varrl.textmetrics import ned_similarity, quoted_words, word_hits
 
 
 def test_quoted_words_quote_styles():

@@ -8,11 +8,13 @@ running several engines in worker processes, which scales better on small images
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from varrl.eval.textmetrics import split_words
+from varrl.textmetrics import split_words
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,30 @@ class OcrEngine:
 _WORKER_ENGINE: OcrEngine | None = None
 
 
-def _worker_init(config: OcrConfig) -> None:
+PARENT_POLL_S = 0.5
+"""how often a worker checks that the process that started it is still there"""
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """End this process (within `poll_s`) once `parent_pid` is no longer its parent, however the
+    parent ended: SIGKILL, OOM killer, preemption. An orphan is re-parented (to init or a
+    subreaper), so its parent pid changes; that test needs no signal from the dead parent and works
+    on Linux and macOS alike. (Linux's PR_SET_PDEATHSIG is not used: it fires when the parent
+    *thread* that spawned the worker ends, and an executor may spawn from any thread.)"""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)  # no cleanup to wait for: the results have nobody left to go to
+
+    t = threading.Thread(target=watch, name="varrl-parent-watch", daemon=True)
+    t.start()
+    return t
+
+
+def _worker_init(config: OcrConfig, parent_pid: int) -> None:
     global _WORKER_ENGINE
+    exit_with_parent(parent_pid)  # first: loading the engine takes seconds the parent may not live
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER_ENGINE = OcrEngine(config)
 
@@ -134,8 +158,9 @@ class OcrPool:
             # spawn, not fork: forking a process that holds torch threads can deadlock. An executor,
             # not mp.Pool: when a worker dies, mp.Pool starts another and the batch waits forever,
             # while the executor fails its futures (BrokenProcessPool), which `result` turns into
-            # a clear error.
-            self._pool = ProcessPoolExecutor(workers, mp.get_context("spawn"), _worker_init, (self.config,))
+            # a clear error. Workers watch this process and end with it (exit_with_parent).
+            self._pool = ProcessPoolExecutor(workers, mp.get_context("spawn"), _worker_init,
+                                             (self.config, os.getpid()))
 
     def submit(self, images: list[np.ndarray], keep_errors: bool = False):
         """Start reading `images`; with keep_errors, an image the engine fails on gets its exception

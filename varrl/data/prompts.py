@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from varrl.data.synth import SynthConfig, SynthGenerator
-from varrl.eval.textmetrics import quoted_words
+from varrl.textmetrics import quoted_words
 
 
 class PromptFileError(ValueError):

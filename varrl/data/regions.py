@@ -1,7 +1,7 @@
 """Prompt sets shaped by text-region count: histograms, exact target mixes, bin filters.
 
 A record's region count is its `regions` field when it has one, else the number of quoted spans in
-its prompt (any quote style, see varrl.eval.textmetrics). Counts fall into the bins of the paper,
+its prompt (any quote style, see varrl.textmetrics). Counts fall into the bins of the paper,
 1, 2, 3, 4, 5 and >5 (and 0 for prompts without text). Files are JSONL, one
 `{"prompt": ..., ...}` object per line, the format `data.prompts_file` reads (varrl.data.prompts);
 records are written back unchanged. A CVTG-format benchmark root is read too (varrl.eval.cvtg).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from varrl.data.prompts import JsonlPrompts, PromptFileError
 from varrl.data.synth import REGION_BINS
-from varrl.eval.textmetrics import quoted_spans
+from varrl.textmetrics import quoted_spans
 
 BINS = ("0", *REGION_BINS)
 """all bins, in order: '0' (no text), '1'..'5', '>5'"""

@@ -10,7 +10,7 @@ Metrics (TextCrafter's protocol), pooled over target words, so a 5-region prompt
 - NED: per target word 1 - Levenshtein / max length against its closest OCR'd word, averaged;
 - CLIPScore: 2.5 * max(cos(image, "A photo depicts " + prompt), 0), averaged over images.
 Target words are the single-quoted spans of the prompt, lower-cased, split on whitespace (the
-apostrophe rule is in varrl.eval.textmetrics).
+apostrophe rule is in varrl.textmetrics).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from varrl.eval.textmetrics import SINGLE_QUOTES, WordStats, quoted_words
+from varrl.textmetrics import SINGLE_QUOTES, WordStats, quoted_words
 
 SUBSETS = ("CVTG", "CVTG-Style")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from varrl.data.synth import SynthConfig, SynthGenerator
-from varrl.eval.textmetrics import WordStats, word_stats
 from varrl.policy.sampler import SamplerConfig
+from varrl.textmetrics import WordStats, word_stats
 from varrl.viz import to_uint8
 
 

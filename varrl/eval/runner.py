@@ -16,9 +16,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from varrl.eval.cvtg import CvtgItem, ItemScore, find_image
-from varrl.eval.textmetrics import word_stats
 from varrl.ocr import OcrPool
 from varrl.policy.sampler import SamplerConfig
+from varrl.textmetrics import word_stats
 from varrl.viz import to_uint8
 
 CLIP_HINT = ("pass --clip-model with a local directory holding a transformers CLIPModel and its processor "

@@ -17,7 +17,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from varrl.checkpoint import CheckpointError, atomic_write_text, load_into, load_tensors
+from varrl.checkpoint import (
+    CheckpointError,
+    DamagedCheckpointError,
+    atomic_write_text,
+    check_intact,
+    load_into,
+    load_tensors,
+    write_manifest,
+)
 from varrl.config import ConfigError, from_dict, to_dict
 from varrl.models.infinity.files import is_infinity_path
 from varrl.models.nano import NanoConfig, NanoVAR
@@ -70,6 +78,9 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    damage = check_intact(root, hashes=False)  # sizes only: hashing gigabytes at every load costs seconds
+    if damage is not None:
+        raise DamagedCheckpointError(f"model directory {root} is damaged: {damage}; copy it again from its source")
     if is_infinity_dir_meta(meta):
         policy = load_infinity_dir(root, meta, device, vae, text_encoder, schedule, aspect_ratio, dtype)
     else:
@@ -154,6 +165,7 @@ def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: di
         atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
     if lora is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in lora.state_dict().items()}, str(tmp / ADAPTER_FILE))
+    write_manifest(tmp)  # last: it vouches for the finished folder
     old = dest.with_name(f".{dest.name}.old")
     if dest.exists():
         if old.exists():

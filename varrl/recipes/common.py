@@ -12,12 +12,6 @@ from varrl.data.synth import SynthGenerator
 from varrl.rundir import MetricLog, RunDirError  # noqa: F401 (re-exported for the recipes)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def cosine_lr(step: int, total: int, base: float, warmup: int, final_frac: float = 0.1) -> float:
     """Linear warm-up to `base`, then cosine decay to `final_frac * base` at `total`."""
     if step < warmup:

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from varrl.config import to_dict
+from varrl.device import resolve_device
 from varrl.eval.cvtg import EvalError
 from varrl.fileio import atomic_write_text
 from varrl.policy.sampler import SamplerConfig
@@ -64,12 +65,6 @@ class EvalConfig:
     """Infinity: 'float32' or 'bfloat16' (null: float32, or an RL run's own)"""
 
 
-def _device(name: str) -> str:
-    from varrl.recipes.common import resolve_device
-
-    return str(resolve_device(name))
-
-
 def _policy(cfg: EvalConfig, device: str):
     from varrl.policy.load import load_policy
 
@@ -90,7 +85,7 @@ def run_cvtg(cfg: EvalConfig) -> dict:
         raise EvalError(f"--images folder not found: {cfg.images}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     clip, clip_note = load_clip(cfg.clip_model, device)
     if clip_note:
         print(f"varrl eval: {clip_note}", file=sys.stderr)
@@ -155,7 +150,7 @@ def run_hpsv3(cfg: EvalConfig) -> dict:
     if not cfg.hpsv3_backbone or not cfg.hpsv3_checkpoint:
         raise EvalError("--benchmark hpsv3 needs --hpsv3-backbone (a Qwen2-VL-7B-Instruct directory) and "
                         "--hpsv3-checkpoint (HPSv3.safetensors)")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     scorer = HpsV3Scorer.load(cfg.hpsv3_backbone, cfg.hpsv3_checkpoint, device=device, batch_size=cfg.batch)
     if cfg.images:
         source, name = cfg.images, cfg.images

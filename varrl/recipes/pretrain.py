@@ -3,6 +3,7 @@ synthetic text renderings, resumably, and export the weights that `varrl.load_po
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -121,7 +122,7 @@ def export_run(run_dir: str, dest: str, overrides: list[str]) -> Path:
 
 
 def run_pretrain(config_path: str | None, overrides: list[str], resume: str | None) -> Path:
-    from varrl.checkpoint import latest_checkpoint
+    from varrl.checkpoint import latest_intact_checkpoint
     from varrl.ocr import OcrPool
     from varrl.recipes.common import RunDirError
     from varrl.recipes.pretrain_tokenizer import train_tokenizer
@@ -140,17 +141,21 @@ def run_pretrain(config_path: str | None, overrides: list[str], resume: str | No
                               "or choose another run.name")
         run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    def latest(stage: str) -> Path | None:  # damaged newer checkpoints are skipped, with a warning
+        return latest_intact_checkpoint(run_dir / stage / "checkpoints",
+                                        lambda text: print(f"varrl pretrain: warning: {text}", file=sys.stderr))
+
     with OcrPool(workers=cfg.ocr_workers) as ocr:
         if cfg.stage in ("all", "tokenizer"):
-            tok_ckpt = latest_checkpoint(run_dir / "tokenizer" / "checkpoints")
+            tok_ckpt = latest("tokenizer")
             train_tokenizer(cfg, run_dir, tok_ckpt, ocr)
         if cfg.stage in ("all", "model"):
             from varrl.recipes.pretrain_model import export_weights, train_model
 
-            tok_ckpt = latest_checkpoint(run_dir / "tokenizer" / "checkpoints")
+            tok_ckpt = latest("tokenizer")
             if tok_ckpt is None:
                 raise RunDirError(f"stage 'model' needs a trained tokenizer in {run_dir}/tokenizer; "
                                   "run stage=tokenizer first")
-            train_model(cfg, run_dir, tok_ckpt, latest_checkpoint(run_dir / "model" / "checkpoints"), ocr)
+            train_model(cfg, run_dir, tok_ckpt, latest("model"), ocr)
             export_weights(cfg, run_dir)
     return run_dir

@@ -20,16 +20,18 @@ from varrl.checkpoint import (
     load_state,
     load_tensors,
     save_checkpoint,
+    write_manifest,
 )
 from varrl.config import to_dict
 from varrl.data.synth import SynthGenerator
+from varrl.device import resolve_device
 from varrl.eval.heldout import heldout_prompts, measure_word_accuracy
 from varrl.models.nano import NanoVAR
 from varrl.models.text import batch_prompts
 from varrl.models.tokenizer import VQTokenizer
 from varrl.policy.nano_policy import NanoPolicy
 from varrl.policy.sampler import SamplerConfig
-from varrl.recipes.common import MetricLog, Timer, cosine_lr, resolve_device, synth_batch
+from varrl.recipes.common import MetricLog, Timer, cosine_lr, synth_batch
 from varrl.viz import image_grid
 
 
@@ -145,6 +147,7 @@ def export_weights(cfg, run_dir: Path, dest: Path | None = None) -> Path:
             "trained": {"tokenizer_steps": load_state(tok_ckpt)["step"], "model_steps": load_state(model_ckpt)["step"],
                         "data": to_dict(cfg.data), "init": _init_history(cfg.model_train.init_from)}}
     atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
+    write_manifest(tmp)  # last: it vouches for the finished folder
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)

@@ -9,9 +9,10 @@ from tqdm import tqdm
 
 from varrl.checkpoint import latest_checkpoint, load_into, load_object, load_state, load_tensors, save_checkpoint
 from varrl.data.synth import SynthGenerator
-from varrl.eval.textmetrics import word_hits
+from varrl.device import resolve_device
 from varrl.models.tokenizer import VQTokenizer
-from varrl.recipes.common import MetricLog, Timer, cosine_lr, resolve_device, synth_batch
+from varrl.recipes.common import MetricLog, Timer, cosine_lr, synth_batch
+from varrl.textmetrics import word_hits
 from varrl.viz import image_grid, to_uint8
 
 

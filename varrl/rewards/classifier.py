@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from varrl.config_checks import at_least, check_device_name, check_ranges
+from varrl.device import resolve_device
 from varrl.rewards.base import Reward, RewardResult, check_inputs
-from varrl.rewards.hf import ModelUnavailable, import_transformers, model_location, resolve_device, to_pil
+from varrl.rewards.hf import ModelUnavailable, import_transformers, model_location, to_pil
 
 META_KEYS = ("class_label", "label", "class")
 HOW = ("give classifier.model = a local directory written by AutoModelForImageClassification.save_pretrained "

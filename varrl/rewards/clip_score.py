@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from varrl.config_checks import at_least, check_device_name, check_ranges
+from varrl.device import resolve_device
 from varrl.rewards.base import Reward, RewardResult, check_inputs
-from varrl.rewards.hf import ModelUnavailable, features, import_transformers, model_location, resolve_device, to_pil
+from varrl.rewards.hf import ModelUnavailable, features, import_transformers, model_location, to_pil
 
 TEXT_PREFIX = "A photo depicts "
 CLIP_WEIGHT = 2.5

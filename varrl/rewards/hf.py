@@ -1,4 +1,4 @@
-"""Shared plumbing for rewards backed by `transformers` models: lazy import, model location, device.
+"""Shared plumbing for rewards backed by `transformers` models: lazy import, model location, images.
 
 `transformers` is an optional dependency (`pip install 'varrl[eval]'`); it is imported only when a
 model is actually loaded, so `import varrl` stays fast and works without it.
@@ -46,15 +46,6 @@ def model_location(path_or_id: str, what: str, how: str, error: type[ModelUnavai
     if path.is_absolute() or path_or_id.startswith((".", "~")) or not _HUB_ID.match(path_or_id):
         raise error(f"{what} model directory {path_or_id!r} does not exist; {how}")
     return path_or_id
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is passed through."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def to_pil(images) -> list:

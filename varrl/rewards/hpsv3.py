@@ -38,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from varrl.device import resolve_device
 from varrl.rewards.base import Reward, RewardResult, check_inputs
-from varrl.rewards.hf import ModelUnavailable, import_transformers, resolve_device, to_pil
+from varrl.rewards.hf import ModelUnavailable, import_transformers, to_pil
 
 REWARD_TOKEN = "<|Reward|>"
 IMAGE_PAD = "<|image_pad|>"

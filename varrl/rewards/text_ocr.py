@@ -22,9 +22,9 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from varrl.config_checks import at_least, check_ranges
-from varrl.eval.textmetrics import ned_similarity, quoted_words, word_hits
 from varrl.ocr import OcrConfig, OcrPool, OcrWord
 from varrl.rewards.base import Pending, Reward, RewardResult, WordScore, check_inputs
+from varrl.textmetrics import ned_similarity, quoted_words, word_hits
 
 TERMS = ("comp", "sim", "pen", "reward", "word_acc", "ned")
 _LD_EPS = 1e-8

@@ -22,6 +22,7 @@ from varrl.algorithms.stages import stage_at
 from varrl.checkpoint import CheckpointError, latest_checkpoint
 from varrl.config import ConfigError
 from varrl.data.prompts import ClassPrompts, JsonlPrompts, SynthPrompts
+from varrl.device import resolve_device
 from varrl.policy.load import load_policy, save_policy
 from varrl.policy.lora import BaseModelView, attach_lora, merge_adapters
 from varrl.policy.sampler import NonFiniteError
@@ -33,7 +34,7 @@ from varrl.trainer.dist import DistInfo, barrier, gather_objects
 from varrl.trainer.evaluate import evaluate
 from varrl.trainer.fsdp import full_state_dicts, shard_policies_
 from varrl.trainer.report import RunWriter, plot_rewards, write_report
-from varrl.trainer.state import RngState, load_train_checkpoint, save_train_checkpoint
+from varrl.trainer.state import RngState, resume_train_checkpoint, save_train_checkpoint
 from varrl.trainer.update import NonFiniteLossError, UpdatePlan, policy_update
 
 
@@ -72,7 +73,8 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(cfg.run.seed)
         pc = cfg.policy
-        self.policy = load_policy(pc.path, device=pick_device(pc.device, info), vae=pc.vae,
+        device = resolve_device(pc.device, info.local_rank if info.world > 1 else None)
+        self.policy = load_policy(pc.path, device=device, vae=pc.vae,
                                   text_encoder=pc.text_encoder, schedule=pc.schedule, aspect_ratio=pc.aspect_ratio,
                                   dtype=pc.dtype)
         if tc.grad_checkpointing:
@@ -101,13 +103,8 @@ class Trainer:
                 source.check(lambda p: self.policy.check_prompts([p]))
         self.policy.check_prompts([r.prompt for r in self.eval_records])
         self.start, self.wall_before = 0, 0.0
-        ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
-        if ckpt is not None:
-            state, rng = load_train_checkpoint(ckpt, self.policy.model, self.optimizer, info.rank, info.world,
-                                               self.lora)
-            rng.restore(self.gen)
-            self.start = state["step"]
-            self.wall_before = float(state.get("wall_s", 0.0))  # checkpoints before this field: unknown, 0
+        if resume:
+            self.resume()
         self.writer = RunWriter(run_dir, self.start if resume else None) if info.main else None
         self.noted: set[str] = set()  # kinds of "the update did nothing" already reported this session
         for w in warnings:  # found before the start (varrl.trainer.checks): kept for report.md
@@ -120,6 +117,30 @@ class Trainer:
             raise ConfigError(f"rl.region_credit.enabled needs a reward that scores each target word (text_ocr "
                               f"with a weight other than 0); reward.weights is {dict(cfg.reward.weights)}",
                               "rl.region_credit.enabled")
+
+    def resume(self) -> None:
+        """Continue from the newest intact checkpoint (none yet: from the start); every rank must
+        pick the same one."""
+        info, skipped = self.info, []
+
+        def warn(text: str) -> None:
+            skipped.append(text)
+            if info.main:
+                tqdm.write(f"WARNING: {text}", file=sys.stderr)
+
+        found = resume_train_checkpoint(self.run_dir / "checkpoints", self.policy.model, self.optimizer, info.rank,
+                                        info.world, warn, self.lora)
+        steps = gather_objects(info, None if found is None else found[1]["step"])
+        if len(set(steps)) > 1:
+            raise CheckpointError(f"the processes found different newest intact checkpoints (steps {steps}) in "
+                                  f"{self.run_dir / 'checkpoints'}; do they all see the same files?")
+        if found is not None:
+            ckpt, state, rng = found
+            if skipped and info.main:
+                tqdm.write(f"resuming from {ckpt} (step {state['step']})", file=sys.stderr)
+            rng.restore(self.gen)
+            self.start = state["step"]
+            self.wall_before = float(state.get("wall_s", 0.0))  # checkpoints before this field: unknown, 0
 
     def run(self) -> dict | None:
         tc = self.cfg.train
@@ -378,14 +399,6 @@ def resolve_splits(specs: list[int | str], schedule) -> list[int]:
         raise ConfigError(f"rl.vmr.splits={list(specs)} are steps {steps}; they must increase strictly",
                           "rl.vmr.splits")
     return steps
-
-
-def pick_device(name: str, info: DistInfo) -> str:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and info.world > 1:
-        name = f"cuda:{info.local_rank}"  # one GPU per process under torchrun
-    return name
 
 
 @dataclass

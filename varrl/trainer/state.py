@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varrl.checkpoint import CheckpointError, load_object, load_state, load_tensors, save_checkpoint
+from varrl.checkpoint import CheckpointError, load_object, load_state, load_tensors, resume_latest, save_checkpoint
 from varrl.trainer.fsdp import load_full_state_
 
 
@@ -79,3 +79,16 @@ def load_train_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.o
     rng = load_tensors(ckpt / "rng.safetensors")
     js = state["rng"][rank]
     return state, RngState(rng[f"rank{rank}.torch"], js["numpy"], js["python"], rng[f"rank{rank}.rollout"])
+
+
+def resume_train_checkpoint(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int,
+                            world: int, warn, adapters=None) -> tuple[Path, dict, RngState] | None:
+    """Load the newest intact checkpoint under `root` (weights and optimizer in place): (its path,
+    its JSON state, this rank's RNG state), or None when there is none yet. Newer checkpoints that
+    are damaged are skipped, each named with its fault through `warn`; a later checkpoint that
+    loaded fully overwrites whatever a damaged one loaded before failing."""
+    found = resume_latest(root, lambda ckpt: load_train_checkpoint(ckpt, model, optimizer, rank, world, adapters), warn)
+    if found is None:
+        return None
+    ckpt, (state, rng) = found
+    return ckpt, state, rng
