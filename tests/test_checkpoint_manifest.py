@@ -185,4 +185,4 @@ def test_sample_from_a_damaged_model_folder_is_one_line_naming_the_file(finished
     rc = main(["sample", "--checkpoint", str(model), "--prompt", 'the text "OPEN"', "--n", "1",
                "--out", str(tmp_path / "s.png")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and "model.safetensors" in err
+    assert rc == 2 and len(err.splitlines()) == 1 and "model.safetensors" in err, err

@@ -161,7 +161,7 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _device(name: str) -> str:
-    from varrl.recipes.common import resolve_device
+    from varrl.device import resolve_device
 
     return str(resolve_device(name))
 
