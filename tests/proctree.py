@@ -39,4 +39,5 @@ def wait_gone(pids: set[int], timeout_s: float) -> set[int]:
 
 
 def cmdline(pid: int) -> str:
-    return subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return out.stdout.strip()

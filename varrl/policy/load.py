@@ -26,6 +26,7 @@ from varrl.checkpoint import (
     write_manifest,
 )
 from varrl.config import ConfigError, from_dict, to_dict
+from varrl.data.prompt_form import PromptForm
 from varrl.models.infinity.files import is_infinity_path
 from varrl.models.nano import NanoConfig, NanoVAR
 from varrl.models.tokenizer import TokenizerConfig, VQTokenizer
@@ -95,7 +96,7 @@ def load_policy(path: str | Path | None = None, device: str | torch.device = "cp
     load_into(model, _float32(load_tensors(root / "model.safetensors")), f"{root}/model.safetensors")
     tok.eval()
     model.eval()
-    return NanoPolicy(model.to(device), tok.to(device))
+    return NanoPolicy(model.to(device), tok.to(device), PromptForm.from_meta(meta))
 
 
 def _only_infinity(root: Path, given: dict, dtype: str | None) -> None:
@@ -119,6 +120,9 @@ def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: di
         fmt = VAR_FORMAT if isinstance(policy, VarPolicy) else FORMAT
         meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg),
                 **(extra or {})}
+        form = getattr(policy, "prompt_form", None)
+        if form is not None and "prompts" not in meta:  # what it was trained on still holds after RL
+            meta["prompts"] = form.to_dict()
         for name, module in (("tokenizer", policy.tokenizer), ("model", policy.model)):
             save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
                       str(tmp / f"{name}.safetensors"))

@@ -53,7 +53,7 @@ def run_train(config_path: str | None, overrides: list[str], resume: str | None)
         # The model, prompts and split: nothing is written yet.
         trainer = Trainer(cfg, run_dir, info, resume=bool(resume), warnings=warnings, open_run=False)
         if info.main:
-            for w in warnings:
+            for w in trainer.start_warnings:
                 _warn(w)
         if resume:  # overrides given now are recorded, once they have passed the checks
             _on_rank0(info, lambda: save_config(cfg, run_dir / "config.yaml"))

@@ -98,10 +98,25 @@ class Trainer:
         self.m = resolve_split(cfg.rl.vmr.m, self.policy.schedule) if cfg.rl.vmr.enabled else None
         # Up to here nothing is written: a bad input fails before the run directory exists.
         self.start, self.wall_before, self.writer = 0, 0.0, None
-        self.resuming, self.start_warnings = resume, tuple(warnings)
+        self.resuming, self.start_warnings = resume, (*warnings, *self.unfamiliar_prompts(eval_source))
         self.noted: set[str] = set()  # kinds of "the update did nothing" already reported this session
         if open_run:
             self.open()
+
+    def unfamiliar_prompts(self, eval_source) -> list[str]:
+        """A warning (in a list) when the run's prompts are unlike those the model was trained on
+        (its model directory's prompt form): every prompt of a file, the first 64 of the synthetic
+        source. The policy then stays quiet about them during rollouts."""
+        form = getattr(self.policy, "prompt_form", None)
+        if form is None:
+            return []
+        self.policy.form_warned = True
+        prompts = [r.prompt for r in self.eval_records]
+        for source in (self.train_prompts, eval_source):
+            n = len(source) if isinstance(source, JsonlPrompts) else min(64, len(source))
+            prompts += [source[i].prompt for i in range(n)]
+        odd = next((p for p in prompts if not form.fits(p)), None)
+        return [] if odd is None else [form.warning(odd)]
 
     def open(self) -> None:
         """Start on the run directory (under varrl train, once it is locked): on resume, load the
