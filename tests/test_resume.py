@@ -27,7 +27,8 @@ def without_perf(path):
     return out
 
 
-@pytest.mark.parametrize("kill_after", [0, 3, 7])  # 0: as soon as config.yaml is written
+# 0: as soon as config.yaml is written; "eval0": once the step-0 evaluation is logged, before any checkpoint
+@pytest.mark.parametrize("kill_after", [0, "eval0", 3, 7])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
     model = tmp_path / "model"
     write_model_dir(model, *build_tiny(model_kwargs=dict(max_text_len=128)))
@@ -37,7 +38,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
     proc = subprocess.Popen(run_args(model, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     killed = tmp_path / "killed"
-    ckpt = killed / "config.yaml" if kill_after == 0 else killed / "checkpoints" / f"step_{kill_after:08d}"
+    ckpt = {0: killed / "config.yaml", "eval0": killed / "metrics.jsonl"}.get(kill_after)
+    ckpt = ckpt or killed / "checkpoints" / f"step_{kill_after:08d}"
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -46,6 +48,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     if kill_after == 0:
         assert not (killed / "metrics.jsonl").exists()  # killed before its first metrics line
+    if kill_after == "eval0":  # its step-0 evaluation is logged, and is done again on resume: once in the log
+        assert not list((killed / "checkpoints").glob("step_*"))
     resumed = subprocess.run([sys.executable, "-m", "varrl", "train", "--resume", str(tmp_path / "killed")],
                              env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -123,7 +123,10 @@ class Trainer:
         newest intact checkpoint; open the metrics writer; record the warnings found at the start."""
         if self.resuming:
             self.resume()
-        self.writer = RunWriter(self.run_dir, self.start if self.resuming else None) if self.info.main else None
+        # The log keeps what the checkpoint's step had written (its evaluation included); with no
+        # checkpoint yet, nothing: the step-0 evaluation is done again.
+        resume_step = (self.start if self.start > 0 else -1) if self.resuming else None
+        self.writer = RunWriter(self.run_dir, resume_step) if self.info.main else None
         for w in self.start_warnings:  # found before the start (varrl.trainer.checks): kept for report.md
             self.note(self.start, "start", w, echo=False)
 
