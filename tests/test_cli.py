@@ -9,6 +9,7 @@ from PIL import Image
 
 from varrl import SamplerConfig, load_policy
 from varrl.cli import main
+from varrl.data.synth import SynthConfig
 
 # 32 px synthetic renderings: DejaVuSans only, since at 32 px some fonts (the monospaced ones) cannot
 # fit a 3-letter word at 12 px cap height, and a sample where no word fits has no prompt to build.
@@ -135,6 +136,9 @@ def test_pretrain_smoke(pretrained):
     assert meta["format"] == "varrl-nano/1"
     assert meta["trained"]["tokenizer_steps"] == 3 and meta["trained"]["model_steps"] == 4
     assert meta["model"]["dim"] == 32 and meta["tokenizer"]["sides"] == [1, 2, 4]
+    # the prompt form it was trained on (the default synthetic templates), for load_policy's warning
+    assert meta["prompts"]["templates"] == list(SynthConfig().templates) and meta["prompts"]["case"] == "mixed"
+    assert load_policy(run / "export").prompt_form.fits('a blue sign that says "abc" in red')
 
     metrics = _model_metrics(run)
     train_steps = [m["step"] for m in metrics if "model/loss" in m]

@@ -121,8 +121,8 @@ def _save(root, step, keep=3):
 def test_save_checkpoint_contents(tmp_path):
     path = _save(tmp_path, 7)
     assert path == tmp_path / "step_00000007"
-    files = sorted(p.name for p in path.iterdir())
-    assert files == ["manifest.json", "model.safetensors", "optimizer.pt", "state.json"]
+    names = sorted(p.name for p in path.iterdir())
+    assert names == ["manifest.json", "model.safetensors", "optimizer.pt", "state.json"]
     assert load_state(path) == {"step": 7}
     assert torch.equal(load_tensors(path / "model.safetensors")["w"], torch.tensor([7.0, 7.0]))
     obj = load_object(path / "optimizer.pt")

@@ -32,8 +32,9 @@ LORA = ("train.lora.rank=2", "train.lora.dropout=0.1", "rl.kl_beta=0.05")
 """adapters with dropout (torch's RNG in the update) and a KL term (the adapters-off reference)"""
 
 
-# 0: as soon as config.yaml is written
-@pytest.mark.parametrize("kill_after,extra", [(0, ()), (3, ()), (7, ()), (5, LORA)], ids=["0", "3", "7", "lora-5"])
+# 0: as soon as config.yaml is written; "eval0": once the step-0 evaluation is logged, before any checkpoint
+@pytest.mark.parametrize("kill_after,extra", [(0, ()), ("eval0", ()), (3, ()), (7, ()), (5, LORA)],
+                         ids=["0", "eval0", "3", "7", "lora-5"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after, extra):
     check_kill_and_resume(tmp_path, kill_after, extra)
 
@@ -57,7 +58,8 @@ def check_kill_and_resume(tmp_path, kill_after, extra=()):
     proc = subprocess.Popen(run_args(model, tmp_path, "killed", extra), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     killed = tmp_path / "killed"
-    ckpt = killed / "config.yaml" if kill_after == 0 else killed / "checkpoints" / f"step_{kill_after:08d}"
+    ckpt = {0: killed / "config.yaml", "eval0": killed / "metrics.jsonl"}.get(kill_after)
+    ckpt = ckpt or killed / "checkpoints" / f"step_{kill_after:08d}"
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -66,6 +68,8 @@ def check_kill_and_resume(tmp_path, kill_after, extra=()):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     if kill_after == 0:
         assert not (killed / "metrics.jsonl").exists()  # killed before its first metrics line
+    if kill_after == "eval0":  # its step-0 evaluation is logged, and is done again on resume: once in the log
+        assert not list((killed / "checkpoints").glob("step_*"))
     resumed = subprocess.run([sys.executable, "-m", "varrl", "train", "--resume", str(tmp_path / "killed")],
                              env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -27,6 +27,7 @@ from varrl.checkpoint import (
     write_manifest,
 )
 from varrl.config import ConfigError, from_dict, to_dict
+from varrl.data.prompt_form import PromptForm
 from varrl.models.infinity.files import is_infinity_path
 from varrl.models.nano import NanoConfig, NanoVAR
 from varrl.models.tokenizer import TokenizerConfig, VQTokenizer
@@ -109,7 +110,7 @@ def _load_nano_dir(root: Path, meta: dict, device) -> NanoPolicy:
     load_into(model, _float32(load_tensors(root / "model.safetensors")), f"{root}/model.safetensors")
     tok.eval()
     model.eval()
-    return NanoPolicy(model.to(device), tok.to(device))
+    return NanoPolicy(model.to(device), tok.to(device), PromptForm.from_meta(meta))
 
 
 def _attach_saved_adapters(policy, root: Path, spec: dict) -> None:
@@ -159,6 +160,9 @@ def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: di
     else:
         fmt = VAR_FORMAT if isinstance(policy, VarPolicy) else FORMAT
         meta = {"format": fmt, "tokenizer": to_dict(policy.tokenizer.cfg), "model": to_dict(policy.model.cfg), **extra}
+        form = getattr(policy, "prompt_form", None)
+        if form is not None and "prompts" not in meta:  # what it was trained on still holds after RL
+            meta["prompts"] = form.to_dict()
         for name, sd in (("tokenizer", policy.tokenizer.state_dict()), ("model", weights)):
             if not (tmp / f"{name}.safetensors").exists():  # else linked above
                 save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))

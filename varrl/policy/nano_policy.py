@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
 
+from varrl.data.prompt_form import PromptForm
 from varrl.models.nano import NanoVAR, fork_caches, fork_context, gather_contexts
 from varrl.models.text import batch_prompts, normalize_prompt
 from varrl.models.tokenizer import VQTokenizer
@@ -27,11 +29,26 @@ class _SamplerState:
 class NanoPolicy:
     """Implements the `NextScalePolicy` protocol (varrl.policy.base) for `NanoVAR` + `VQTokenizer`."""
 
-    def __init__(self, model: NanoVAR, tokenizer: VQTokenizer):
+    def __init__(self, model: NanoVAR, tokenizer: VQTokenizer, prompt_form: PromptForm | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.lora = None  # LoRA adapters on self.model (varrl.policy.lora.attach_lora), if any
         self.tokenizer.requires_grad_(False)
         self.schedule = model.schedule
+        self.prompt_form = prompt_form
+        """the prompts the model was trained on (from its model directory; None: unknown, no check)"""
+        self.form_warned = False
+
+    def note_prompts(self, prompts: list[str]) -> bool:
+        """Warn once per policy (one line on stderr) when a prompt falls outside `prompt_form`;
+        True when this call warned."""
+        if self.prompt_form is None or self.form_warned:
+            return False
+        odd = next((p for p in prompts if isinstance(p, str) and not self.prompt_form.fits(p)), None)
+        if odd is None:
+            return False
+        self.form_warned = True
+        print(f"warning: {self.prompt_form.warning(odd)}", file=sys.stderr)
+        return True
 
     @property
     def device(self) -> torch.device:
@@ -82,6 +99,7 @@ class NanoPolicy:
             if not prompts:
                 raise ValueError("rollout needs at least one prompt")
             base_prompts, m, group = list(prompts), 0, torch.arange(len(prompts))
+            self.note_prompts(base_prompts)
         else:
             if prompts is not None and list(prompts) != start.prompts:
                 raise ValueError("with start=..., pass prompts=None or the prefix's own per-row prompts")

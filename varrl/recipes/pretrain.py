@@ -122,10 +122,7 @@ def export_run(run_dir: str, dest: str, overrides: list[str]) -> Path:
 
 
 def run_pretrain(config_path: str | None, overrides: list[str], resume: str | None) -> Path:
-    from varrl.checkpoint import latest_intact_checkpoint
-    from varrl.ocr import OcrPool
-    from varrl.recipes.common import RunDirError
-    from varrl.recipes.pretrain_tokenizer import train_tokenizer
+    from varrl.rundir import RunDirError, RunLock
 
     if resume:
         run_dir = Path(resume)
@@ -140,7 +137,18 @@ def run_pretrain(config_path: str | None, overrides: list[str], resume: str | No
             raise RunDirError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
                               "or choose another run.name")
         run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    with RunLock(run_dir, lambda text: print(f"varrl pretrain: warning: {text}", file=sys.stderr)):
+        save_config(cfg, run_dir / "config.yaml")
+        _pretrain_stages(cfg, run_dir)
+    return run_dir
+
+
+def _pretrain_stages(cfg: PretrainConfig, run_dir: Path) -> None:
+    from varrl.checkpoint import latest_intact_checkpoint
+    from varrl.ocr import OcrPool
+    from varrl.recipes.pretrain_tokenizer import train_tokenizer
+    from varrl.rundir import RunDirError
+
     def latest(stage: str) -> Path | None:  # damaged newer checkpoints are skipped, with a warning
         return latest_intact_checkpoint(run_dir / stage / "checkpoints",
                                         lambda text: print(f"varrl pretrain: warning: {text}", file=sys.stderr))
@@ -158,4 +166,3 @@ def run_pretrain(config_path: str | None, overrides: list[str], resume: str | No
                                   "run stage=tokenizer first")
             train_model(cfg, run_dir, tok_ckpt, latest("model"), ocr)
             export_weights(cfg, run_dir)
-    return run_dir

@@ -23,6 +23,7 @@ from varrl.checkpoint import (
     write_manifest,
 )
 from varrl.config import to_dict
+from varrl.data.prompt_form import PromptForm
 from varrl.data.synth import SynthGenerator
 from varrl.device import resolve_device
 from varrl.eval.heldout import heldout_prompts, measure_word_accuracy
@@ -144,6 +145,7 @@ def export_weights(cfg, run_dir: Path, dest: Path | None = None) -> Path:
         save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()},
                   str(tmp / f"{name}.safetensors"))
     meta = {"format": "varrl-nano/1", "tokenizer": to_dict(cfg.tokenizer), "model": to_dict(cfg.model),
+            "prompts": PromptForm.from_synth(cfg.data).to_dict(),  # the form load_policy warns outside of
             "trained": {"tokenizer_steps": load_state(tok_ckpt)["step"], "model_steps": load_state(model_ckpt)["step"],
                         "data": to_dict(cfg.data), "init": _init_history(cfg.model_train.init_from)}}
     atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))

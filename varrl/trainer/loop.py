@@ -66,7 +66,8 @@ class Trainer:
     """Holds what a run needs (policy, frozen reference, optimizer, generator, reward, writer) and
     runs it: `run()` is the loop, `step()` one rollout -> reward -> advantage -> update round."""
 
-    def __init__(self, cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool, warnings=()):
+    def __init__(self, cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool, warnings=(),
+                 open_run: bool = True):
         self.cfg, self.run_dir, self.info, self.t_start = cfg, run_dir, info, time.perf_counter()
         tc = cfg.train
         if tc.threads > 0:
@@ -102,13 +103,6 @@ class Trainer:
             if isinstance(source, (JsonlPrompts, ClassPrompts)):
                 source.check(lambda p: self.policy.check_prompts([p]))
         self.policy.check_prompts([r.prompt for r in self.eval_records])
-        self.start, self.wall_before = 0, 0.0
-        if resume:
-            self.resume()
-        self.writer = RunWriter(run_dir, self.start if resume else None) if info.main else None
-        self.noted: set[str] = set()  # kinds of "the update did nothing" already reported this session
-        for w in warnings:  # found before the start (varrl.trainer.checks): kept for report.md
-            self.note(self.start, "start", w, echo=False)
         self.reward = build_reward(cfg.reward)
         self.mine = info.shard(tc.prompts_per_step)
         self.m = resolve_split(cfg.rl.vmr.m, self.policy.schedule) if cfg.rl.vmr.enabled else None
@@ -117,6 +111,39 @@ class Trainer:
             raise ConfigError(f"rl.region_credit.enabled needs a reward that scores each target word (text_ocr "
                               f"with a weight other than 0); reward.weights is {dict(cfg.reward.weights)}",
                               "rl.region_credit.enabled")
+        # Up to here nothing is written: a bad input fails before the run directory exists.
+        self.start, self.wall_before, self.writer = 0, 0.0, None
+        self.resuming, self.start_warnings = resume, (*warnings, *self.unfamiliar_prompts(eval_source))
+        self.noted: set[str] = set()  # kinds of "the update did nothing" already reported this session
+        if open_run:
+            self.open()
+
+    def unfamiliar_prompts(self, eval_source) -> list[str]:
+        """A warning (in a list) when the run's prompts are unlike those the model was trained on
+        (its model directory's prompt form): every prompt of a file, the first 64 of the synthetic
+        source. The policy then stays quiet about them during rollouts."""
+        form = getattr(self.policy, "prompt_form", None)
+        if form is None:
+            return []
+        self.policy.form_warned = True
+        prompts = [r.prompt for r in self.eval_records]
+        for source in (self.train_prompts, eval_source):
+            n = len(source) if isinstance(source, JsonlPrompts) else min(64, len(source))
+            prompts += [source[i].prompt for i in range(n)]
+        odd = next((p for p in prompts if not form.fits(p)), None)
+        return [] if odd is None else [form.warning(odd)]
+
+    def open(self) -> None:
+        """Start on the run directory (under varrl train, once it is locked): on resume, load the
+        newest intact checkpoint; open the metrics writer; record the warnings found at the start."""
+        if self.resuming:
+            self.resume()
+        # The log keeps what the checkpoint's step had written (its evaluation included); with no
+        # checkpoint yet, nothing: the step-0 evaluation is done again.
+        resume_step = (self.start if self.start > 0 else -1) if self.resuming else None
+        self.writer = RunWriter(self.run_dir, resume_step) if self.info.main else None
+        for w in self.start_warnings:  # found before the start (varrl.trainer.checks): kept for report.md
+            self.note(self.start, "start", w, echo=False)
 
     def resume(self) -> None:
         """Continue from the newest intact checkpoint (none yet: from the start); every rank must
@@ -309,12 +336,6 @@ class Trainer:
         time its checkpoint recorded (time lost after the last checkpoint of a killed session is
         not counted, as those steps are redone)."""
         return self.wall_before + time.perf_counter() - self.t_start
-
-
-def train(cfg: TrainRunConfig, run_dir: Path, info: DistInfo, resume: bool, warnings=()) -> dict | None:
-    """Run (or continue) the RL run in run_dir; returns the report on rank 0. `warnings` (from the
-    checks before the start) go into the run's metrics and report.md."""
-    return Trainer(cfg, run_dir, info, resume, warnings).run()
 
 
 class CheckpointWriteError(CheckpointError):
