@@ -155,8 +155,8 @@ def test_model_directory_round_trip_keeps_the_adapters(policy, tiny_model_dir, t
     lora = attach_lora(policy, LoraConfig(rank=2, targets=["qkv", "mlp.2"]))
     randomise_b_(lora)
     out = save_policy(policy, tmp_path / "m", {"trained": {"rl_steps": 3}})
-    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "config.json", "model.safetensors",
-                                                     "tokenizer.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "config.json", "manifest.json",
+                                                     "model.safetensors", "tokenizer.safetensors"]
     # model.safetensors holds the base in the plain layout: it loads as an ordinary model directory
     from safetensors.torch import load_file
 
@@ -182,13 +182,18 @@ def test_adapter_file_that_does_not_fit_is_a_clear_error(policy, tmp_path):
     out = save_policy(policy, tmp_path / "m")
     import json
 
+    from varrl.checkpoint import write_manifest
+
+    # A folder whose files are intact (its manifest rewritten) but whose adapter settings lie.
     meta = json.loads((out / "config.json").read_text())
     meta["lora"]["rank"] = 4
     (out / "config.json").write_text(json.dumps(meta))
+    write_manifest(out)
     with pytest.raises(CheckpointError, match="adapter.safetensors does not fit the adapters"):
         load_policy(out)
     meta["lora"]["targets"] = ["blocks.7.mlp.0"]
     (out / "config.json").write_text(json.dumps(meta))
+    write_manifest(out)
     with pytest.raises(CheckpointError, match="bad lora entry"):
         load_policy(out)
 
