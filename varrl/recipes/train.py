@@ -60,8 +60,11 @@ def run_train(config_path: str | None, overrides: list[str], resume: str | None)
         if resume:  # overrides given now are recorded, once they have passed the checks
             _on_rank0(info, lambda: save_config(cfg, run_dir / "config.yaml"))
         else:
-            if info.main:
-                check_run_dir(run_dir)  # a run.dir that is a file or read-only: one line naming it
+            if info.main:  # a run.dir that is a file or read-only: one line naming it
+                existed = run_dir.exists()
+                check_run_dir(run_dir)
+                if not existed:
+                    run_dir.rmdir()  # _create_run makes it, and so knows to remove it after a failed start
             lock, created = _on_rank0(info, lambda: _create_run(cfg, run_dir)) or (None, False)
         trainer.open()
         report = trainer.run()
