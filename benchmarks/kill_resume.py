@@ -2,10 +2,11 @@
 
 Each of --runs runs trains a tiny random nano model with the OCR reward in a worker process
 (so a leaked worker would show), is killed at a random moment (half of the runs at a uniformly
-random time, half the instant a checkpoint is being written), then resumed with --resume. It
-prints how many ended bit-identical to the uninterrupted run of the same seed (metrics without
-perf/*, final weights, evaluations), how many left a process alive 5 s after the kill, and how
-many lost data (the resume failed, or steps are missing from the log).
+random time, half the instant a checkpoint is being written), then resumed with --resume (or
+started again when it was killed before it wrote config.yaml: then nothing of it was written).
+It prints how many ended bit-identical to the uninterrupted run of the same seed (metrics
+without perf/*, final weights, evaluations), how many left a process alive 5 s after the kill,
+and how many lost data (the resume failed, or steps are missing from the log).
 
     python benchmarks/kill_resume.py [--runs 20] [--seed 0] [--steps 8]
 """
@@ -108,12 +109,17 @@ def main() -> None:
         ref_s = time.time() - t0
         ref = outcome(root / "reference")
         print(f"uninterrupted reference: {args.steps} steps in {ref_s:.1f} s")
-        identical = leaked = lost = 0
+        identical = leaked = lost = restarted = 0
         for i in range(args.runs):
             name = f"killed{i}"
             what = kill_at_random(train_args(root / "model", root, name, args.steps), root / name, rng, ref_s, env)
-            res = subprocess.run([sys.executable, "-m", "varrl", "train", "--resume", str(root / name)], env=env,
-                                 capture_output=True, text=True)
+            # Killed before config.yaml (while the model loaded and the inputs were checked): nothing of the
+            # run was written, so it is started again; else resumed.
+            fresh = not (root / name / "config.yaml").exists()
+            again = (train_args(root / "model", root, name, args.steps) if fresh
+                     else [sys.executable, "-m", "varrl", "train", "--resume", str(root / name)])
+            res = subprocess.run(again, env=env, capture_output=True, text=True)
+            restarted += fresh
             if res.returncode != 0:
                 lost += 1
                 last_line = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"
@@ -128,9 +134,10 @@ def main() -> None:
                 status = "bit-identical" if same else ("steps missing" if not steps_ok else "differs")
             leaked += what["leaked"] > 0
             print(f"run {i + 1:2d}: killed ({what['mode']}) after {what['killed_after_s']:5.2f} s, newest checkpoint "
-                  f"{what['checkpoints_left']}, leaked {what['leaked']} process(es) -> {status}", flush=True)
-        print(f"\n{args.runs} runs killed and resumed: {identical} bit-identical, {leaked} leaked a process, "
-              f"{lost} lost data")
+                  f"{what['checkpoints_left']}, leaked {what['leaked']} process(es), "
+                  f"{'started again (no config.yaml yet)' if fresh else 'resumed'} -> {status}", flush=True)
+        print(f"\n{args.runs} runs killed and resumed ({restarted} killed before config.yaml, started again): "
+              f"{identical} bit-identical, {leaked} leaked a process, {lost} lost data")
 
 
 if __name__ == "__main__":
