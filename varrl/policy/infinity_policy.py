@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from varrl.models.infinity.transformer import Infinity, fork_caches, fork_context, gather_context
+from varrl.policy.base import rollout_origin
 from varrl.policy.infinity_sampler import (
     bit_view,
     draw_bits,
@@ -218,22 +219,9 @@ class InfinityPolicy:
         """Sample n trajectories per prompt, or n continuations per row of `start` (a prefix from
         `traj.cut(m)`), up to `steps` grids in all (default: all of them)."""
         T = self.schedule.num_steps
-        steps = T if steps is None else steps
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        base, m, group, steps = rollout_origin(prompts, n, sampler, start, steps, T)
         if start is None:
-            if not prompts:
-                raise ValueError("rollout needs at least one prompt")
-            self.check_prompts(list(prompts))
-            base, m, group = list(prompts), 0, torch.arange(len(prompts))
-        else:
-            if prompts is not None and list(prompts) != start.prompts:
-                raise ValueError("with start=..., pass prompts=None or the prefix's own per-row prompts")
-            if start.sampler.logprob_mode != sampler.logprob_mode:
-                raise ValueError("a continuation must store log-probs in the prefix's logprob_mode")
-            base, m, group = start.prompts, start.num_steps, start.group
-        if not m < steps <= T:
-            raise ValueError(f"steps must be in {m + 1}..{T}, got {steps}")
+            self.check_prompts(base)
         mix_at = self._insertion_block(sampler)
         saved = start.state if start is not None else None
         if isinstance(saved, _SamplerState) and saved.ctxs.keys() == self._branches(sampler, mix_at):

@@ -11,6 +11,7 @@ from varrl.data.prompt_form import PromptForm
 from varrl.models.nano import NanoVAR, fork_caches, fork_context, gather_contexts
 from varrl.models.text import batch_prompts, normalize_prompt
 from varrl.models.tokenizer import VQTokenizer
+from varrl.policy.base import rollout_origin
 from varrl.policy.sampler import SamplerConfig, SamplerConfigError, draw, sampling_logits, token_logprobs
 from varrl.policy.trajectory import Trajectory
 
@@ -89,25 +90,12 @@ class NanoPolicy:
         """Sample n trajectories per prompt, or n continuations per row of `start` (a prefix from
         `traj.cut(m)`), up to `steps` grids in all (default: all of them)."""
         T = self.schedule.num_steps
-        steps = T if steps is None else steps
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
         if sampler.cfg_insertion_layer != 0:
             raise SamplerConfigError("sampler.cfg_insertion_layer is for Infinity models; this model mixes guidance "
                                      "on the logits only (set it to 0)")
+        base_prompts, m, group, steps = rollout_origin(prompts, n, sampler, start, steps, T)
         if start is None:
-            if not prompts:
-                raise ValueError("rollout needs at least one prompt")
-            base_prompts, m, group = list(prompts), 0, torch.arange(len(prompts))
             self.note_prompts(base_prompts)
-        else:
-            if prompts is not None and list(prompts) != start.prompts:
-                raise ValueError("with start=..., pass prompts=None or the prefix's own per-row prompts")
-            if start.sampler.logprob_mode != sampler.logprob_mode:
-                raise ValueError("a continuation must store log-probs in the prefix's logprob_mode")
-            base_prompts, m, group = start.prompts, start.num_steps, start.group
-        if not m < steps <= T:
-            raise ValueError(f"steps must be in {m + 1}..{T}, got {steps}")
         n_branches = 2 if sampler.uses_uncond else 1
         saved = start.state if start is not None else None
         if isinstance(saved, _SamplerState) and len(saved.ctxs) == n_branches:
