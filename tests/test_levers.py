@@ -32,7 +32,8 @@ def tiny_dir(tmp_path_factory):
 def args(tiny_dir, run_dir, name, *extra):
     return [f"policy.path={tiny_dir}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
             "train.prompts_per_step=2", "train.group_size=3", "train.steps=2", "train.eval_every=0",
-            "train.eval_prompts=2", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1", "rl.vmr.m=2", *extra]
+            "train.eval_prompts=2", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1", "rl.method=var_rl",
+            "rl.vmr.m=2", *extra]
 
 
 def step_records(run: Path) -> list[dict]:

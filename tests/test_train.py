@@ -24,7 +24,7 @@ def tiny_args(tiny_dir, run_dir, name, *extra):
     return [f"policy.path={tiny_dir}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
             "train.prompts_per_step=2", "train.group_size=4", "train.steps=4", "train.eval_every=2",
             "train.save_every=2", "train.eval_prompts=4", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1",
-            "train.samples_in_grid=4", "rl.vmr.m=2", *extra]
+            "train.samples_in_grid=4", "rl.method=var_rl", "rl.vmr.m=2", *extra]
 
 
 def metrics(run):
