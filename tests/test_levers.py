@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tinymodel import build_tiny, write_model_dir
 
 from varrl.algorithms.vmr import soft_value
 from varrl.cli import main
@@ -22,11 +21,9 @@ from varrl.trainer.loop import Trainer
 from varrl.trainer.update import UpdatePlan, policy_update
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("levers") / "model"
-    write_model_dir(path, *build_tiny(model_kwargs=dict(max_text_len=128)))
-    return path
+@pytest.fixture()
+def tiny_dir(tiny_text_dir):
+    return tiny_text_dir  # conftest.py
 
 
 def args(tiny_dir, run_dir, name, *extra):
