@@ -19,6 +19,15 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_text_dir(tmp_path_factory):
+    """The tiny model with room for the synthetic training prompts (128 text tokens): what the
+    end-to-end `varrl train` tests run on."""
+    path = tmp_path_factory.mktemp("tiny_text") / "model"
+    write_model_dir(path, *build_tiny(model_kwargs=dict(max_text_len=128)))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_policy(tiny_model_dir):
     from varrl import load_policy
 

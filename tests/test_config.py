@@ -332,3 +332,20 @@ def test_ratio_like_values_stay_strings():
 
     assert _load_yaml("3:1") == "3:1" and _load_yaml("a: 1:1") == {"a": "1:1"}
     assert _load_yaml("1e-3") == 0.001 and _load_yaml("12") == 12
+
+
+def test_default_is_the_measured_best_and_var_rl_is_one_flag_away() -> None:
+    from varrl.trainer.config import TrainRunConfig, apply_method_preset
+
+    cfg = load_config(TrainRunConfig, None, [], apply_method_preset)
+    assert cfg == TrainRunConfig()  # the dataclass defaults are the default method's preset
+    assert cfg.rl.method == "grpo" and cfg.rl.kl_beta == 0.5
+    assert not cfg.rl.vmr.enabled and cfg.rl.panw.alpha is None and not cfg.rl.mp.enabled
+    assert (cfg.sampler.cfg, cfg.sampler.temperature, cfg.sampler.logprob_mode) == (0.0, 0.7, "sampling")
+    assert cfg.train.eval_prompts == 128
+    paper = load_config(TrainRunConfig, None, ["rl.method=var_rl"], apply_method_preset)
+    assert paper.rl.vmr.enabled and paper.rl.panw.alpha == 0.6 and paper.rl.mp.enabled
+    assert paper.rl.alternation == "fine" and paper.rl.kl_beta == 0.5
+    # Explicit keys win over the preset.
+    assert load_config(TrainRunConfig, None, ["rl.method=var_rl", "rl.mp.enabled=false"],
+                       apply_method_preset).rl.mp.enabled is False

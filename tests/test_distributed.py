@@ -106,7 +106,7 @@ def test_a_dead_rank_fails_the_job_instead_of_hanging(model, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [
-    ["rl.vmr.splits=[1, 2]"],
+    ["rl.method=var_rl", "rl.vmr.splits=[1, 2]"],
     ["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0",
      "rl.adv_norm=loo"],
 ], ids=["per_scale", "region_credit_loo"])

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tinymodel import build_tiny, write_model_dir
 
 from varrl.algorithms.vmr import soft_value
 from varrl.cli import main
@@ -22,17 +21,16 @@ from varrl.trainer.loop import Trainer
 from varrl.trainer.update import UpdatePlan, policy_update
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("levers") / "model"
-    write_model_dir(path, *build_tiny(model_kwargs=dict(max_text_len=128)))
-    return path
+@pytest.fixture()
+def tiny_dir(tiny_text_dir):
+    return tiny_text_dir  # conftest.py
 
 
 def args(tiny_dir, run_dir, name, *extra):
     return [f"policy.path={tiny_dir}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
             "train.prompts_per_step=2", "train.group_size=3", "train.steps=2", "train.eval_every=0",
-            "train.eval_prompts=2", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1", "rl.vmr.m=2", *extra]
+            "train.eval_prompts=2", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1", "rl.method=var_rl",
+            "rl.vmr.m=2", *extra]
 
 
 def step_records(run: Path) -> list[dict]:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tinymodel import build_tiny, write_model_dir
 
 from varrl.cli import main
 from varrl.config import load_config
@@ -23,11 +22,9 @@ from varrl.trainer.loop import Trainer
 LORA = ("train.lora.rank=2", "train.lora.alpha=4")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    write_model_dir(path, *build_tiny(model_kwargs=dict(max_text_len=128)))
-    return path
+@pytest.fixture()
+def tiny_dir(tiny_text_dir):
+    return tiny_text_dir  # conftest.py
 
 
 def tiny_args(tiny_dir, run_dir, name, *extra):

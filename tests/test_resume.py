@@ -16,7 +16,8 @@ def run_args(model, run_dir, name, extra=()):
     return [sys.executable, "-m", "varrl", "train", f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}",
             "reward.weights={brightness: 1.0}", "train.prompts_per_step=2", "train.group_size=4", "train.steps=12",
             "train.eval_every=4", "train.save_every=1", "train.eval_prompts=4", "train.micro_batch=4",
-            "train.lr=3e-3", "train.warmup=2", "train.threads=1", "sampler.cfg=1.5", "sampler.top_k=20", "rl.vmr.m=2",
+            "train.lr=3e-3", "train.warmup=2", "train.threads=1", "sampler.cfg=1.5", "sampler.top_k=20",
+            "rl.method=var_rl", "rl.vmr.m=2",
             *extra]
 
 

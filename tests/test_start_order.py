@@ -24,7 +24,7 @@ def tiny_dir(tmp_path_factory):
 def args(tiny_dir, run_dir, *extra):
     return ["train", f"policy.path={tiny_dir}", f"run.dir={run_dir}", "run.name=x", "reward.weights={brightness: 1.0}",
             "train.prompts_per_step=2", "train.group_size=2", "train.steps=1", "train.eval_prompts=2",
-            "train.micro_batch=4", *extra]
+            "train.micro_batch=4", "rl.method=var_rl", *extra]
 
 
 @pytest.mark.parametrize("bad, says", [

@@ -7,24 +7,21 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from tinymodel import build_tiny, write_model_dir
 
 from varrl.cli import main
 from varrl.policy.load import load_policy
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    write_model_dir(path, *build_tiny(model_kwargs=dict(max_text_len=128)))
-    return path
+@pytest.fixture()
+def tiny_dir(tiny_text_dir):
+    return tiny_text_dir  # conftest.py
 
 
 def tiny_args(tiny_dir, run_dir, name, *extra):
     return [f"policy.path={tiny_dir}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
             "train.prompts_per_step=2", "train.group_size=4", "train.steps=4", "train.eval_every=2",
             "train.save_every=2", "train.eval_prompts=4", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1",
-            "train.samples_in_grid=4", "rl.vmr.m=2", *extra]
+            "train.samples_in_grid=4", "rl.method=var_rl", "rl.vmr.m=2", *extra]
 
 
 def metrics(run):

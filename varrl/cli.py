@@ -52,7 +52,7 @@ def default_sampler(checkpoint: str | None):
     own `sampler` (the run directory or its last/: sample as it trained), Infinity's official one
     for an Infinity model (`--cfg 3` as Infinity counts it = cfg 2, constant, top-p 0.97), guidance
     1.5 for a published VAR checkpoint (file or converted directory), else the nano model's rollout
-    default (no guidance: it reads better without)."""
+    default (no guidance, temperature 0.7: it reads best that way)."""
     from pathlib import Path
 
     from varrl.config import load_config
