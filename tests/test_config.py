@@ -342,7 +342,7 @@ def test_default_is_the_measured_best_and_var_rl_is_one_flag_away() -> None:
     assert cfg.rl.method == "grpo" and cfg.rl.kl_beta == 0.5
     assert not cfg.rl.vmr.enabled and cfg.rl.panw.alpha is None and not cfg.rl.mp.enabled
     assert (cfg.sampler.cfg, cfg.sampler.temperature, cfg.sampler.logprob_mode) == (0.0, 0.7, "sampling")
-    assert cfg.train.eval_prompts == 128
+    assert cfg.train.eval_prompts == 128 and cfg.train.lr == 1e-5
     paper = load_config(TrainRunConfig, None, ["rl.method=var_rl"], apply_method_preset)
     assert paper.rl.vmr.enabled and paper.rl.panw.alpha == 0.6 and paper.rl.mp.enabled
     assert paper.rl.alternation == "fine" and paper.rl.kl_beta == 0.5

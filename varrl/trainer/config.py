@@ -69,7 +69,9 @@ class TrainConfig:
     """prompts per update, over all ranks together"""
     group_size: int = 8
     """samples per prompt (G): advantages are normalised within these groups"""
-    lr: float = 3e-5
+    lr: float = 1e-5
+    """AdamW learning rate. 1e-5 on the nano model: at 3e-5 the noise walk of 60 updates lowers the
+    held-out reward in every seed (README), at 1e-5 it does not"""
     warmup: int = 5
     """steps of linear LR warm-up"""
     weight_decay: float = 0.05
