@@ -9,7 +9,7 @@ from tinyinfinity_vae import TINY_BSQ_PATCHIFY, write_tiny_bsq, write_tiny_t5
 
 from varrl.policy.load import load_policy
 from varrl.policy.sampler import SamplerConfig
-from varrl.trainer.loop import frozen_reference
+from varrl.trainer.params import frozen_reference
 
 PROMPTS = ['a sign with the text "OPEN"', "the text CAT on a red wall"]
 

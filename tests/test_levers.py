@@ -21,13 +21,8 @@ from varrl.trainer.loop import Trainer
 from varrl.trainer.update import UpdatePlan, policy_update
 
 
-@pytest.fixture()
-def tiny_dir(tiny_text_dir):
-    return tiny_text_dir  # conftest.py
-
-
-def args(tiny_dir, run_dir, name, *extra):
-    return [f"policy.path={tiny_dir}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
+def args(model, run_dir, name, *extra):
+    return [f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
             "train.prompts_per_step=2", "train.group_size=3", "train.steps=2", "train.eval_every=0",
             "train.eval_prompts=2", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1", "rl.method=var_rl",
             "rl.vmr.m=2", *extra]
@@ -37,13 +32,13 @@ def step_records(run: Path) -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in r]
 
 
-def trainer(tiny_dir, tmp_path, *extra) -> Trainer:
-    cfg = load_config(TrainRunConfig, None, args(tiny_dir, tmp_path, "t", *extra), apply_method_preset)
+def trainer(tiny_text_dir, tmp_path, *extra) -> Trainer:
+    cfg = load_config(TrainRunConfig, None, args(tiny_text_dir, tmp_path, "t", *extra), apply_method_preset)
     return Trainer(cfg, tmp_path / "t", DistInfo(), resume=False)
 
 
-def test_update_with_token_advantages(tiny_dir):
-    policy = load_policy(tiny_dir)
+def test_update_with_token_advantages(tiny_text_dir):
+    policy = load_policy(tiny_text_dir)
     traj = policy.rollout(["a", "b"], n=1, sampler=SamplerConfig(cfg=0), generator=torch.Generator().manual_seed(0))
     steps, n = [0, 1, 2], policy.schedule.tokens_per_step  # 1 + 4 + 16 tokens
     rl, tc = RlConfig(kl_beta=0.0), TrainConfig(grad_clip=0.0)
@@ -67,8 +62,8 @@ def test_update_with_token_advantages(tiny_dir):
     assert loss == pytest.approx(1 / 6, abs=1e-6)
 
 
-def test_per_scale_rollout_forks_each_split_state(tiny_dir, tmp_path):
-    tr = trainer(tiny_dir, tmp_path, "rl.vmr.splits=[1, 2]", "rl.vmr.k=2", "train.micro_batch=12")  # one chunk
+def test_per_scale_rollout_forks_each_split_state(tiny_text_dir, tmp_path):
+    tr = trainer(tiny_text_dir, tmp_path, "rl.vmr.splits=[1, 2]", "rl.vmr.k=2", "train.micro_batch=12")  # one chunk
     made = []
     rollout = tr.policy.rollout
     tr.policy.rollout = lambda *a, **k: made.append((k.get("start"), rollout(*a, **k))) or made[-1][1]
@@ -92,8 +87,8 @@ def test_per_scale_rollout_forks_each_split_state(tiny_dir, tmp_path):
     assert not torch.equal(adv.steps[0][:, 0], adv.steps[2][:, 0])  # segments take their own advantages
 
 
-def test_region_credit_maps_word_boxes_to_tokens(tiny_dir, tmp_path):
-    tr = trainer(tiny_dir, tmp_path, "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0",
+def test_region_credit_maps_word_boxes_to_tokens(tiny_text_dir, tmp_path):
+    tr = trainer(tiny_text_dir, tmp_path, "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0",
                  "rl.method=grpo", "rl.region_credit.enabled=true", "rl.mp.dilation=0", "rl.adv_norm=none")
     try:
         batch = tr.rollout(0, [tr.train_prompts[0]])
@@ -108,8 +103,8 @@ def test_region_credit_maps_word_boxes_to_tokens(tiny_dir, tmp_path):
     assert fine[:, 1:].tolist() == [[-2.0] * 15, [-1.0] * 15, [3.0] * 15]  # the image's elsewhere
 
 
-def test_region_credit_needs_a_per_word_reward(tiny_dir, tmp_path, capsys):
-    assert main(["train", *args(tiny_dir, tmp_path, "r", "rl.region_credit.enabled=true")]) == 2
+def test_region_credit_needs_a_per_word_reward(tiny_text_dir, tmp_path, capsys):
+    assert main(["train", *args(tiny_text_dir, tmp_path, "r", "rl.region_credit.enabled=true")]) == 2
     assert "rl.region_credit.enabled needs a reward that scores each target word" in capsys.readouterr().err
 
 
@@ -122,18 +117,18 @@ def test_region_credit_needs_a_per_word_reward(tiny_dir, tmp_path, capsys):
     (["rl.region_credit.outside=nowhere"], "rl.region_credit.outside"),
     (["rl.adv_norm=loo1"], "rl.adv_norm"),
 ])
-def test_bad_lever_values_are_config_errors(tiny_dir, tmp_path, capsys, extra, key):
-    assert main(["train", *args(tiny_dir, tmp_path, "bad", *extra)]) == 2
+def test_bad_lever_values_are_config_errors(tiny_text_dir, tmp_path, capsys, extra, key):
+    assert main(["train", *args(tiny_text_dir, tmp_path, "bad", *extra)]) == 2
     assert key in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("knob", ["loo", "per_scale", "region_credit"])
-def test_train_smoke_per_knob(tiny_dir, tmp_path, knob):
+def test_train_smoke_per_knob(tiny_text_dir, tmp_path, knob):
     extra = {"loo": ["rl.method=grpo", "rl.adv_norm=loo"],
              "per_scale": ["rl.vmr.splits=[1, 2]", "rl.vmr.k=2"],
              "region_credit": ["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}",
                                "reward.text_ocr.workers=0", "rl.region_credit.outside=mask"]}[knob]
-    assert main(["train", *args(tiny_dir, tmp_path, knob, *extra)]) == 0
+    assert main(["train", *args(tiny_text_dir, tmp_path, knob, *extra)]) == 0
     recs = step_records(tmp_path / knob)
     assert len(recs) == 2 and all(math.isfinite(r["policy/loss"]) and r["policy/ratio_dev_first"] == 0.0
                                   for r in recs)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -22,20 +21,15 @@ from varrl.trainer.loop import Trainer
 LORA = ("train.lora.rank=2", "train.lora.alpha=4")
 
 
-@pytest.fixture()
-def tiny_dir(tiny_text_dir):
-    return tiny_text_dir  # conftest.py
-
-
-def tiny_args(tiny_dir, run_dir, name, *extra):
-    return [f"policy.path={tiny_dir}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
+def tiny_args(model, run_dir, name, *extra):
+    return [f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
             "train.prompts_per_step=2", "train.group_size=4", "train.steps=4", "train.eval_every=2",
             "train.save_every=2", "train.eval_prompts=4", "train.micro_batch=8", "train.lr=1e-2", "train.warmup=1",
             "train.samples_in_grid=4", "rl.vmr.m=2", "rl.kl_beta=0.1", *extra]
 
 
-def trainer(tiny_dir, tmp_path, *extra) -> Trainer:
-    cfg = load_config(TrainRunConfig, None, tiny_args(tiny_dir, tmp_path, "t", "rl.method=grpo", *extra),
+def trainer(tiny_text_dir, tmp_path, *extra) -> Trainer:
+    cfg = load_config(TrainRunConfig, None, tiny_args(tiny_text_dir, tmp_path, "t", "rl.method=grpo", *extra),
                       apply_method_preset)
     return Trainer(cfg, tmp_path / "t", DistInfo(), resume=False)
 
@@ -52,8 +46,8 @@ def held_numel(tr: Trainer) -> int:
     return total
 
 
-def test_the_reference_is_the_base_with_adapters_off_not_a_copy(tiny_dir, tmp_path):
-    full, lora = trainer(tiny_dir, tmp_path / "a"), trainer(tiny_dir, tmp_path / "b", *LORA)
+def test_the_reference_is_the_base_with_adapters_off_not_a_copy(tiny_text_dir, tmp_path):
+    full, lora = trainer(tiny_text_dir, tmp_path / "a"), trainer(tiny_text_dir, tmp_path / "b", *LORA)
     one = sum(t.numel() for m in (full.policy.model, full.policy.tokenizer) for t in [*m.parameters(), *m.buffers()])
     adapters = sum(p.numel() for p in lora.policy.lora.parameters())
     assert held_numel(full) == 2 * one  # full fine-tuning keeps a frozen deep copy
@@ -69,10 +63,10 @@ def test_the_reference_is_the_base_with_adapters_off_not_a_copy(tiny_dir, tmp_pa
         tr.reward.close()
 
 
-def test_ratio_is_one_and_the_reference_stays_the_base(tiny_dir, tmp_path):
-    tr = trainer(tiny_dir, tmp_path, *LORA)
+def test_ratio_is_one_and_the_reference_stays_the_base(tiny_text_dir, tmp_path):
+    tr = trainer(tiny_text_dir, tmp_path, *LORA)
     records = [tr.train_prompts[i] for i in range(2)]
-    base = load_policy(tiny_dir)
+    base = load_policy(tiny_text_dir)
     base.model.requires_grad_(False)  # frozen, as the adapted model's base is (same kernels)
     try:
         for step in range(3):
@@ -94,10 +88,10 @@ def test_ratio_is_one_and_the_reference_stays_the_base(tiny_dir, tmp_path):
         tr.reward.close()
 
 
-def test_train_with_lora_moves_only_the_adapters(tiny_dir, tmp_path, capsys):
-    assert main(["train", *tiny_args(tiny_dir, tmp_path, "r", *LORA)]) == 0
+def test_train_with_lora_moves_only_the_adapters(tiny_text_dir, tmp_path, capsys):
+    assert main(["train", *tiny_args(tiny_text_dir, tmp_path, "r", *LORA)]) == 0
     run = tmp_path / "r"
-    before = load_file(str(tiny_dir / "model.safetensors"))
+    before = load_file(str(tiny_text_dir / "model.safetensors"))
     base_after = load_file(str(run / "last" / "model.safetensors"))
     assert set(base_after) == set(before) and all(torch.equal(before[k], base_after[k]) for k in before)
     adapters = load_file(str(run / "last" / "adapter.safetensors"))
@@ -130,8 +124,8 @@ def test_train_with_lora_moves_only_the_adapters(tiny_dir, tmp_path, capsys):
     assert max((moved[k] - before[k]).abs().max().item() for k in before) > 0
 
 
-def test_lora_dropout_acts_in_the_update_only(tiny_dir, tmp_path):
-    assert main(["train", *tiny_args(tiny_dir, tmp_path, "d", *LORA, "train.lora.dropout=0.3", "train.steps=2",
+def test_lora_dropout_acts_in_the_update_only(tiny_text_dir, tmp_path):
+    assert main(["train", *tiny_args(tiny_text_dir, tmp_path, "d", *LORA, "train.lora.dropout=0.3", "train.steps=2",
                                      "rl.method=grpo")]) == 0
     rows = [json.loads(ln) for ln in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
     first, second = [r for r in rows if "policy/kl" in r]

@@ -12,13 +12,8 @@ from varrl.cli import main
 from varrl.policy.load import load_policy
 
 
-@pytest.fixture()
-def tiny_dir(tiny_text_dir):
-    return tiny_text_dir  # conftest.py
-
-
-def tiny_args(tiny_dir, run_dir, name, *extra):
-    return [f"policy.path={tiny_dir}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
+def tiny_args(model, run_dir, name, *extra):
+    return [f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
             "train.prompts_per_step=2", "train.group_size=4", "train.steps=4", "train.eval_every=2",
             "train.save_every=2", "train.eval_prompts=4", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1",
             "train.samples_in_grid=4", "rl.method=var_rl", "rl.vmr.m=2", *extra]
@@ -28,8 +23,8 @@ def metrics(run):
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_train_writes_the_run_directory(tiny_dir, tmp_path):
-    assert main(["train", *tiny_args(tiny_dir, tmp_path, "r")]) == 0
+def test_train_writes_the_run_directory(tiny_text_dir, tmp_path):
+    assert main(["train", *tiny_args(tiny_text_dir, tmp_path, "r")]) == 0
     run = tmp_path / "r"
     for f in ("config.yaml", "metrics.jsonl", "report.md", "report.json", "plots/reward.png",
               "samples/step_000000.png", "samples/step_000004.png", "checkpoints/step_00000004/model.safetensors",
@@ -48,7 +43,7 @@ def test_train_writes_the_run_directory(tiny_dir, tmp_path):
     for k in ("reward/mean", "reward/brightness", "policy/kl", "policy/clipfrac", "policy/ratio_mean",
               "policy/entropy", "perf/rollout_s", "perf/reward_s", "perf/update_s", "perf/images_per_s"):
         assert math.isfinite(step1[k]), k
-    before = load_file(str(tiny_dir / "model.safetensors"))
+    before = load_file(str(tiny_text_dir / "model.safetensors"))
     after = load_file(str(run / "last" / "model.safetensors"))
     assert max((before[k] - after[k]).abs().max().item() for k in before) > 0  # it learned something
     load_policy(run)  # a run dir loads as a model (its last/)
@@ -57,8 +52,8 @@ def test_train_writes_the_run_directory(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["plain", "sampling"])
-def test_ratio_is_exactly_one_at_the_first_update(tiny_dir, tmp_path, mode):
-    args = tiny_args(tiny_dir, tmp_path, mode, "train.steps=1", "train.epochs=2", "sampler.cfg=2.0",
+def test_ratio_is_exactly_one_at_the_first_update(tiny_text_dir, tmp_path, mode):
+    args = tiny_args(tiny_text_dir, tmp_path, mode, "train.steps=1", "train.epochs=2", "sampler.cfg=2.0",
                      f"sampler.logprob_mode={mode}", "train.micro_batch=3")
     assert main(["train", *args]) == 0
     m = next(m for m in metrics(tmp_path / mode) if "policy/ratio_mean" in m)
@@ -73,33 +68,33 @@ def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert "not a varrl train run directory" in capsys.readouterr().err
 
 
-def test_existing_run_is_not_overwritten(tiny_dir, tmp_path, capsys):
-    args = tiny_args(tiny_dir, tmp_path, "twice", "train.steps=1")
+def test_existing_run_is_not_overwritten(tiny_text_dir, tmp_path, capsys):
+    args = tiny_args(tiny_text_dir, tmp_path, "twice", "train.steps=1")
     assert main(["train", *args]) == 0
     assert main(["train", *args]) == 2
     assert "--resume" in capsys.readouterr().err
 
 
-def test_broken_prompts_file_names_file_and_line(tiny_dir, tmp_path, capsys):
+def test_broken_prompts_file_names_file_and_line(tiny_text_dir, tmp_path, capsys):
     f = tmp_path / "prompts.jsonl"
     f.write_text('{"prompt": "the text \\"OPEN\\""}\n{"prompt": "a sign that says \\"SHUT\\"",}\n')
-    assert main(["train", *tiny_args(tiny_dir, tmp_path, "p", f"data.prompts_file={f}")]) == 2
+    assert main(["train", *tiny_args(tiny_text_dir, tmp_path, "p", f"data.prompts_file={f}")]) == 2
     err = capsys.readouterr().err
     assert f"{f}:2" in err and "not valid JSON" in err
 
 
-def test_prompt_too_long_for_the_model_is_caught_before_training(tiny_dir, tmp_path, capsys):
+def test_prompt_too_long_for_the_model_is_caught_before_training(tiny_text_dir, tmp_path, capsys):
     f = tmp_path / "prompts.jsonl"
     f.write_text('{"prompt": "ok \\"A\\""}\n' + json.dumps({"prompt": "x" * 300}) + "\n")
-    assert main(["train", *tiny_args(tiny_dir, tmp_path, "long", f"data.prompts_file={f}")]) == 2
+    assert main(["train", *tiny_args(tiny_text_dir, tmp_path, "long", f"data.prompts_file={f}")]) == 2
     assert f"{f}:2" in capsys.readouterr().err
 
 
-def test_nan_reward_group_is_skipped_and_counted(tiny_dir, tmp_path):
+def test_nan_reward_group_is_skipped_and_counted(tiny_text_dir, tmp_path):
     # text_ocr is not applicable (NaN) to a prompt with no quoted words: that group is skipped.
     f = tmp_path / "prompts.jsonl"
     f.write_text('{"prompt": "the text \\"OPEN\\" in red"}\n{"prompt": "a quiet empty field"}\n')
-    args = tiny_args(tiny_dir, tmp_path, "nan", f"data.prompts_file={f}", f"data.eval_prompts_file={f}",
+    args = tiny_args(tiny_text_dir, tmp_path, "nan", f"data.prompts_file={f}", f"data.eval_prompts_file={f}",
                      "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0", "train.steps=2")
     assert main(["train", *args]) == 0
     steps = [m for m in metrics(tmp_path / "nan") if "reward/mean" in m]
@@ -107,9 +102,9 @@ def test_nan_reward_group_is_skipped_and_counted(tiny_dir, tmp_path):
     assert all(math.isfinite(m["reward/mean"]) and math.isfinite(m["policy/loss"]) for m in steps)
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_dir, tmp_path, capsys):
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_text_dir, tmp_path, capsys):
     # An absurd learning rate blows the weights up after the first update; the next loss is not finite.
-    args = tiny_args(tiny_dir, tmp_path, "boom", "train.lr=1e30", "train.grad_clip=0", "train.save_every=1",
+    args = tiny_args(tiny_text_dir, tmp_path, "boom", "train.lr=1e30", "train.grad_clip=0", "train.save_every=1",
                      "train.steps=6", "train.eval_every=0", "rl.kl_beta=0")
     assert main(["train", *args]) == 1
     err = capsys.readouterr().err
@@ -120,13 +115,13 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_di
     assert all(torch.isfinite(v).all() for v in sd.values())
 
 
-def test_update_refuses_a_nan_loss(tiny_dir):
+def test_update_refuses_a_nan_loss(tiny_text_dir):
     from varrl.policy.sampler import SamplerConfig
     from varrl.trainer.config import RlConfig, TrainConfig
     from varrl.trainer.dist import DistInfo
     from varrl.trainer.update import NonFiniteLossError, UpdatePlan, policy_update
 
-    policy = load_policy(tiny_dir)
+    policy = load_policy(tiny_text_dir)
     traj = policy.rollout(["a"], n=2, sampler=SamplerConfig(cfg=0), generator=torch.Generator().manual_seed(0))
     before = [p.detach().clone() for p in policy.parameters()]
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
@@ -137,20 +132,20 @@ def test_update_refuses_a_nan_loss(tiny_dir):
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))  # nothing was applied
 
 
-def test_evaluations_are_paired_across_seeds(tiny_dir, tmp_path):
+def test_evaluations_are_paired_across_seeds(tiny_text_dir, tmp_path):
     # The held-out prompts and noise follow train.eval_seed, not run.seed: two seeds of one config
     # evaluate the same start identically; eval_seed=null goes back to run.seed.
     evals = {}
     for name, extra in (("s1", ["run.seed=1"]), ("s2", ["run.seed=2"]), ("s3", ["run.seed=2", "train.eval_seed=null"])):
-        assert main(["train", *tiny_args(tiny_dir, tmp_path, name, "train.steps=1", *extra)]) == 0
+        assert main(["train", *tiny_args(tiny_text_dir, tmp_path, name, "train.steps=1", *extra)]) == 0
         evals[name] = json.loads((tmp_path / name / "report.json").read_text())["eval"][0]["reward_mean"]
     assert evals["s1"] == evals["s2"]
     assert evals["s3"] != evals["s2"]
 
 
-def test_trainable_freezes_the_other_parameters(tiny_dir, tmp_path):
-    assert main(["train", *tiny_args(tiny_dir, tmp_path, "b", "train.steps=2", "train.trainable=bias$")]) == 0
-    before = load_file(str(tiny_dir / "model.safetensors"))
+def test_trainable_freezes_the_other_parameters(tiny_text_dir, tmp_path):
+    assert main(["train", *tiny_args(tiny_text_dir, tmp_path, "b", "train.steps=2", "train.trainable=bias$")]) == 0
+    before = load_file(str(tiny_text_dir / "model.safetensors"))
     after = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
     moved = {k for k in before if (before[k] - after[k]).abs().max().item() > 0}
     assert moved and all(k.endswith("bias") for k in moved), sorted(moved)
@@ -158,11 +153,11 @@ def test_trainable_freezes_the_other_parameters(tiny_dir, tmp_path):
     assert main(["train", "--resume", str(tmp_path / "b"), "train.steps=3"]) == 0
 
 
-def test_trainable_that_matches_nothing_is_a_config_error(tiny_dir, tmp_path, capsys):
-    assert main(["train", *tiny_args(tiny_dir, tmp_path, "n", "train.trainable=no_such_param")]) == 2
+def test_trainable_that_matches_nothing_is_a_config_error(tiny_text_dir, tmp_path, capsys):
+    assert main(["train", *tiny_args(tiny_text_dir, tmp_path, "n", "train.trainable=no_such_param")]) == 2
     err = capsys.readouterr().err
     assert "train.trainable" in err and "matches no parameter" in err
-    assert main(["train", *tiny_args(tiny_dir, tmp_path, "n2", "train.trainable=blocks(")]) == 2
+    assert main(["train", *tiny_args(tiny_text_dir, tmp_path, "n2", "train.trainable=blocks(")]) == 2
     assert "not a regular expression" in capsys.readouterr().err
 
 
@@ -187,8 +182,8 @@ def test_kl_by_stage_by_hand():
     assert kl_by_stage([{"step": 1, "policy/kl": 0.1}])["full"]["updates"] == 1  # plain GRPO
 
 
-def test_wall_time_counts_every_session_of_a_run(tiny_dir, tmp_path):
-    assert main(["train", *tiny_args(tiny_dir, tmp_path, "w", "train.steps=2")]) == 0
+def test_wall_time_counts_every_session_of_a_run(tiny_text_dir, tmp_path):
+    assert main(["train", *tiny_args(tiny_text_dir, tmp_path, "w", "train.steps=2")]) == 0
     run = tmp_path / "w"
     first = json.loads((run / "report.json").read_text())["wall_s"]
     at_ckpt = json.loads((run / "checkpoints" / "step_00000002" / "state.json").read_text())["wall_s"]

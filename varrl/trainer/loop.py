@@ -3,8 +3,6 @@ evaluations, checkpoints that resume bit-identically, and the run directory's re
 
 from __future__ import annotations
 
-import copy
-import re
 import sys
 import time
 from contextlib import nullcontext
@@ -31,6 +29,7 @@ from varrl.trainer.credit import Advantages, CreditInputs, advantages
 from varrl.trainer.dist import DistInfo, barrier, gather_objects
 from varrl.trainer.evaluate import evaluate
 from varrl.trainer.fsdp import full_state_dicts, shard_policies_
+from varrl.trainer.params import frozen_reference, select_trainable
 from varrl.trainer.report import RunWriter, plot_rewards, write_report
 from varrl.trainer.state import RngState, resume_train_checkpoint, save_train_checkpoint
 from varrl.trainer.steplog import StepLog, no_signal, step_metrics  # noqa: F401  (no_signal: public here)
@@ -349,38 +348,6 @@ class CheckpointWriteError(CheckpointError):
             reason = "the write failed (is the disk full?)"
         super().__init__(f"cannot write the step-{step} checkpoint under {where}: {reason}. The run stopped; free "
                          f"space and continue with --resume {run_dir} (it restarts from the last checkpoint)")
-
-
-def frozen_reference(policy):
-    """The frozen starting policy of the KL term: the policy's own `frozen_reference()` where it has
-    one (Infinity: bf16 matmul weights under bf16 autocast), else a copy."""
-    if hasattr(policy, "frozen_reference"):
-        return policy.frozen_reference()
-    ref = copy.deepcopy(policy)
-    ref.model.requires_grad_(False)
-    return ref
-
-
-def select_trainable(model: torch.nn.Module, pattern: str | None) -> list[torch.nn.Parameter]:
-    """The parameters to train: those whose names match `pattern` (all when None); the others are
-    frozen (requires_grad False), so the update neither computes nor applies their gradients."""
-    named = list(model.named_parameters())
-    if pattern is None:
-        return [p for _, p in named]
-    try:
-        rx = re.compile(pattern)
-    except re.error as e:
-        raise ConfigError(f"train.trainable={pattern!r} is not a regular expression: {e}", "train.trainable") from e
-    chosen = []
-    for name, p in named:
-        p.requires_grad_(bool(rx.search(name)))
-        if p.requires_grad:
-            chosen.append(p)
-    if not chosen:
-        some = ", ".join(n for n, _ in named[:6])
-        raise ConfigError(f"train.trainable={pattern!r} matches no parameter of the policy; names look like: "
-                          f"{some}, ...", "train.trainable")
-    return chosen
 
 
 def resolve_split(spec: int | str, schedule, key: str = "rl.vmr.m") -> int:
