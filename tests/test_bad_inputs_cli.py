@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tinyrun import run_args
 
 from varrl.cli import main
 
@@ -23,10 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_args(model, root, name, *extra):
-    return [f"policy.path={model}", f"run.dir={root}", f"run.name={name}", "reward.weights={brightness: 1.0}",
-            "train.prompts_per_step=2", "train.group_size=2", "train.steps=2", "train.eval_every=0",
-            "train.save_every=1", "train.eval_prompts=2", "train.micro_batch=8", "train.warmup=1",
-            "train.samples_in_grid=2", "rl.vmr.m=2", *extra]
+    return run_args(model, root, name, "train.group_size=2", "train.steps=2", "train.eval_every=0",
+                    "train.save_every=1", "train.micro_batch=8", "train.warmup=1", "train.samples_in_grid=2", *extra)
 
 
 def one_line_error(capsys, rc, code=2) -> str:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tinymodel import build_tiny, write_model_dir
+from tinyrun import run_args
 
 from varrl import load_policy
 from varrl.checkpoint import (
@@ -116,10 +117,9 @@ def tiny_dir(tmp_path_factory):
 
 
 def train_args(tiny_dir, run_dir, name):
-    return ["train", f"policy.path={tiny_dir}", f"run.dir={run_dir}", f"run.name={name}",
-            "reward.weights={brightness: 1.0}", "train.prompts_per_step=2", "train.group_size=4", "train.steps=4",
-            "train.eval_every=2", "train.save_every=1", "train.keep_checkpoints=3", "train.eval_prompts=4",
-            "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1", "train.samples_in_grid=4", "rl.vmr.m=2"]
+    return ["train", *run_args(tiny_dir, run_dir, name, "train.steps=4", "train.eval_every=2", "train.save_every=1",
+                               "train.keep_checkpoints=3", "train.eval_prompts=4", "train.micro_batch=8",
+                               "train.lr=1e-3", "train.warmup=1", "train.samples_in_grid=4")]
 
 
 def same_weights(a, b):

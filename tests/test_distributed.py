@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tinymodel import build_tiny, write_model_dir
+from tinyrun import run_args
 
 
 def torchrun(model, run_dir, name, steps, *extra):
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "varrl",
-            "train", f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}",
-            "reward.weights={brightness: 1.0}", "train.prompts_per_step=4", "train.group_size=4",
-            f"train.steps={steps}", "train.eval_every=2", "train.save_every=1", "train.eval_prompts=5",
-            "train.micro_batch=4", "train.lr=3e-3", "rl.adv_norm=batch", "rl.vmr.m=2", *extra]
+            "train", *run_args(model, run_dir, name, "train.prompts_per_step=4", f"train.steps={steps}",
+                               "train.eval_every=2", "train.save_every=1", "train.eval_prompts=5",
+                               "train.micro_batch=4", "train.lr=3e-3", "rl.adv_norm=batch", *extra)]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_a_dead_rank_fails_the_job_instead_of_hanging(model, tmp_path):
 ], ids=["per_scale", "region_credit_loo"])
 def test_two_processes_with_the_credit_levers(model, tmp_path, extra):
     # Values and word scores are gathered over ranks before the advantages, like the returns.
-    args = [*torchrun(model, tmp_path, "lever", 2), "train.eval_every=0", "train.save_every=2", *extra]
+    args = torchrun(model, tmp_path, "lever", 2, "train.eval_every=0", "train.save_every=2", *extra)
     out = subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     recs = [json.loads(ln) for ln in (tmp_path / "lever" / "metrics.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from tinyrun import run_args
 
 from varrl.cli import main
 from varrl.config import load_config
@@ -22,10 +23,9 @@ LORA = ("train.lora.rank=2", "train.lora.alpha=4")
 
 
 def tiny_args(model, run_dir, name, *extra):
-    return [f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
-            "train.prompts_per_step=2", "train.group_size=4", "train.steps=4", "train.eval_every=2",
-            "train.save_every=2", "train.eval_prompts=4", "train.micro_batch=8", "train.lr=1e-2", "train.warmup=1",
-            "train.samples_in_grid=4", "rl.vmr.m=2", "rl.kl_beta=0.1", *extra]
+    return run_args(model, run_dir, name, "train.steps=4", "train.eval_every=2", "train.save_every=2",
+                    "train.eval_prompts=4", "train.micro_batch=8", "train.lr=1e-2", "train.warmup=1",
+                    "train.samples_in_grid=4", "rl.kl_beta=0.1", *extra)
 
 
 def trainer(tiny_text_dir, tmp_path, *extra) -> Trainer:

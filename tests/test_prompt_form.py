@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from tinymodel import build_tiny, write_model_dir
+from tinyrun import run_args
 
 from varrl import SamplerConfig, load_policy
 from varrl.cli import main
@@ -98,9 +99,8 @@ def test_varrl_sample_warns_once(formed_dir, tmp_path, capsys, prompt, warned):
 def test_varrl_train_warns_once_at_the_start(formed_dir, tmp_path, capsys):
     f = tmp_path / "prompts.jsonl"
     f.write_text("".join(json.dumps({"prompt": f'a poster with the text "{w}"'}) + "\n" for w in ("OPEN", "SHUT")))
-    args = ["train", f"policy.path={formed_dir}", f"run.dir={tmp_path}", "run.name=r", f"data.prompts_file={f}",
-            f"data.eval_prompts_file={f}", "reward.weights={brightness: 1.0}", "train.prompts_per_step=2",
-            "train.group_size=2", "train.steps=2", "train.eval_prompts=2", "train.micro_batch=4", "rl.vmr.m=2"]
+    args = ["train", *run_args(formed_dir, tmp_path, "r", f"data.prompts_file={f}", f"data.eval_prompts_file={f}",
+                               "train.group_size=2", "train.steps=2", "train.micro_batch=4")]
     assert main(args) == 0
     lines = warnings_in(capsys.readouterr().err)
     assert len(lines) == 1 and README_FORM in lines[0]

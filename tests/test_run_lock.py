@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import tinyrun
 from tinymodel import build_tiny, write_model_dir
 
 from varrl.rundir import LOCK_FILE, MetricLog, RunDirError, RunLock
@@ -82,9 +83,8 @@ def train_cmd(*args):
 
 
 def run_args(tiny_dir, run_dir, name, steps=4):
-    return [f"policy.path={tiny_dir}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
-            "train.prompts_per_step=2", "train.group_size=4", f"train.steps={steps}", "train.eval_every=0",
-            "train.save_every=1", "train.eval_prompts=2", "train.micro_batch=8", "train.threads=1", "rl.vmr.m=2"]
+    return tinyrun.run_args(tiny_dir, run_dir, name, f"train.steps={steps}", "train.eval_every=0",
+                            "train.save_every=1", "train.micro_batch=8", "train.threads=1")
 
 
 STEPS = 150

@@ -7,16 +7,16 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from tinyrun import run_args
 
 from varrl.cli import main
 from varrl.policy.load import load_policy
 
 
 def tiny_args(model, run_dir, name, *extra):
-    return [f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
-            "train.prompts_per_step=2", "train.group_size=4", "train.steps=4", "train.eval_every=2",
-            "train.save_every=2", "train.eval_prompts=4", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1",
-            "train.samples_in_grid=4", "rl.method=var_rl", "rl.vmr.m=2", *extra]
+    return run_args(model, run_dir, name, "train.steps=4", "train.eval_every=2", "train.save_every=2",
+                    "train.eval_prompts=4", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1",
+                    "train.samples_in_grid=4", "rl.method=var_rl", *extra)
 
 
 def metrics(run):

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 from tinymodel import build_tiny, write_model_dir
+from tinyrun import run_args
 
 from varrl.cli import main
 from varrl.policy.load import load_policy
@@ -47,10 +48,9 @@ def test_completions_fork_the_prefix_state_instead_of_recomputing(tiny_dir, cfg)
 
 
 def test_var_rl_run_alternates_stages_with_exact_first_ratios(tiny_dir, tmp_path):
-    args = [f"policy.path={tiny_dir}", f"run.dir={tmp_path}", "run.name=v", "reward.weights={brightness: 1.0}",
-            "train.prompts_per_step=2", "train.group_size=3", "train.steps=8", "train.eval_every=4",
-            "train.save_every=4", "train.eval_prompts=2", "train.micro_batch=5", "train.lr=1e-3",
-            "rl.method=var_rl", "rl.vmr.m=2", "rl.vmr.k=2", "rl.panw.alpha=0.8", "sampler.cfg=1.5"]
+    args = run_args(tiny_dir, tmp_path, "v", "train.group_size=3", "train.steps=8", "train.eval_every=4",
+                    "train.save_every=4", "train.micro_batch=5", "train.lr=1e-3", "rl.method=var_rl", "rl.vmr.k=2",
+                    "rl.panw.alpha=0.8", "sampler.cfg=1.5")
     assert main(["train", *args]) == 0
     recs = [json.loads(ln) for ln in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "reward/mean" in r]
@@ -68,10 +68,9 @@ def test_var_rl_run_alternates_stages_with_exact_first_ratios(tiny_dir, tmp_path
 
 
 def test_resume_keeps_the_alternation_position(tiny_dir, tmp_path):
-    base = [f"policy.path={tiny_dir}", f"run.dir={tmp_path}", "run.name=a", "reward.weights={brightness: 1.0}",
-            "train.prompts_per_step=2", "train.group_size=3", "train.eval_every=0", "train.save_every=1",
-            "train.eval_prompts=2", "rl.method=var_rl", "rl.vmr.m=2", "rl.alternation=1:1"]
-    assert main(["train", *base, "train.steps=3"]) == 0
+    args = run_args(tiny_dir, tmp_path, "a", "train.group_size=3", "train.steps=3", "train.eval_every=0",
+                    "train.save_every=1", "rl.method=var_rl", "rl.alternation=1:1")
+    assert main(["train", *args]) == 0
     assert main(["train", "--resume", str(tmp_path / "a"), "train.steps=4"]) == 0
     recs = [json.loads(ln) for ln in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     stages = ["prefix" if "stage/prefix/loss" in r else "suffix" for r in recs if "reward/mean" in r]
@@ -80,11 +79,9 @@ def test_resume_keeps_the_alternation_position(tiny_dir, tmp_path):
 
 def test_prefix_updates_can_have_their_own_kl_coefficient(tiny_dir, tmp_path):
     def run(name: str, prefix_beta: float) -> list[dict]:
-        args = [f"policy.path={tiny_dir}", f"run.dir={tmp_path}", f"run.name={name}",
-                "reward.weights={brightness: 1.0}", "train.prompts_per_step=2", "train.group_size=3",
-                "train.steps=3", "train.eval_every=0", "train.eval_prompts=2", "train.lr=1e-2", "train.warmup=0",
-                "rl.method=var_rl", "rl.vmr.m=2", "rl.alternation=1:1", "rl.panw.alpha=null", "rl.kl_beta=0",
-                f"rl.vmr.prefix_kl_beta={prefix_beta}"]
+        args = run_args(tiny_dir, tmp_path, name, "train.group_size=3", "train.steps=3", "train.eval_every=0",
+                        "train.lr=1e-2", "train.warmup=0", "rl.method=var_rl", "rl.alternation=1:1",
+                        "rl.panw.alpha=null", "rl.kl_beta=0", f"rl.vmr.prefix_kl_beta={prefix_beta}")
         assert main(["train", *args]) == 0
         recs = [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         return [r for r in recs if "reward/mean" in r]
@@ -99,9 +96,8 @@ def test_prefix_updates_can_have_their_own_kl_coefficient(tiny_dir, tmp_path):
 
 
 def test_method_grpo_is_the_plain_baseline(tiny_dir, tmp_path):
-    args = [f"policy.path={tiny_dir}", f"run.dir={tmp_path}", "run.name=g", "reward.weights={brightness: 1.0}",
-            "train.prompts_per_step=2", "train.group_size=3", "train.steps=1", "train.eval_prompts=2",
-            "rl.method=grpo"]
+    args = run_args(tiny_dir, tmp_path, "g", "train.group_size=3", "train.steps=1", "rl.method=grpo",
+                    "rl.vmr.m=32px")  # the default: GRPO has no split
     assert main(["train", *args]) == 0
     r = next(json.loads(ln) for ln in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()
              if "reward/mean" in ln)
@@ -121,9 +117,7 @@ def test_bad_split_is_a_config_error(tiny_dir, tmp_path, capsys):
 
 def test_ablate_runs_every_cell_and_skips_finished_ones(tiny_dir, tmp_path):
     args = ["ablate", "--grid", "rl.panw.alpha=0.5,1.0", "--seeds", "2", "--steps", "2", "--name", "abl",
-            f"policy.path={tiny_dir}", f"run.dir={tmp_path}", "reward.weights={brightness: 1.0}",
-            "train.prompts_per_step=2", "train.group_size=3", "train.eval_every=1", "train.eval_prompts=2",
-            "rl.method=var_rl", "rl.vmr.m=2"]
+            *run_args(tiny_dir, tmp_path, None, "train.group_size=3", "train.eval_every=1", "rl.method=var_rl")]
     assert main(args) == 0
     root = tmp_path / "abl"
     out = json.loads((root / "ablation.json").read_text())
@@ -151,9 +145,8 @@ def test_named_cells_parse_and_reject_bad_specs():
 
 def test_ablate_named_cells_and_a_partial_report(tiny_dir, tmp_path, capsys):
     def common_args(seeds: int) -> list[str]:
-        return ["--seeds", str(seeds), "--steps", "1", "--name", "abl", f"policy.path={tiny_dir}",
-                f"run.dir={tmp_path}", "reward.weights={brightness: 1.0}", "train.prompts_per_step=2",
-                "train.group_size=3", "train.eval_prompts=2", "rl.method=var_rl", "rl.vmr.m=2"]
+        return ["--seeds", str(seeds), "--steps", "1", "--name", "abl",
+                *run_args(tiny_dir, tmp_path, None, "train.group_size=3", "rl.method=var_rl")]
 
     common = common_args(2)
     cells = ["--cell", "grpo: rl.method=grpo", "--cell", "no_mp: rl.mp.enabled=false"]
