@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinyrun import run_args
 
 from varrl.algorithms.vmr import soft_value
 from varrl.cli import main
@@ -22,10 +23,8 @@ from varrl.trainer.update import UpdatePlan, policy_update
 
 
 def args(model, run_dir, name, *extra):
-    return [f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}", "reward.weights={brightness: 1.0}",
-            "train.prompts_per_step=2", "train.group_size=3", "train.steps=2", "train.eval_every=0",
-            "train.eval_prompts=2", "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1", "rl.method=var_rl",
-            "rl.vmr.m=2", *extra]
+    return run_args(model, run_dir, name, "train.group_size=3", "train.steps=2", "train.eval_every=0",
+                    "train.micro_batch=8", "train.lr=1e-3", "train.warmup=1", "rl.method=var_rl", *extra)
 
 
 def step_records(run: Path) -> list[dict]:
@@ -116,18 +115,48 @@ def test_region_credit_needs_a_per_word_reward(tiny_text_dir, tmp_path, capsys):
     (["rl.vmr.splits=[1]", "rl.region_credit.enabled=true"], "rl.region_credit.enabled does not combine"),
     (["rl.region_credit.outside=nowhere"], "rl.region_credit.outside"),
     (["rl.adv_norm=loo1"], "rl.adv_norm"),
+    (["rl.last_grid=2"], "rl.last_grid does not combine with VMR"),
+    (["rl.method=grpo", "rl.last_grid=4"], "rl.last_grid=4"),
+    (["rl.method=grpo", "rl.last_grid=3x4"], "rl.last_grid='3x4'"),
 ])
 def test_bad_lever_values_are_config_errors(tiny_text_dir, tmp_path, capsys, extra, key):
     assert main(["train", *args(tiny_text_dir, tmp_path, "bad", *extra)]) == 2
     assert key in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("knob", ["loo", "per_scale", "region_credit"])
+def test_last_grid_update_is_the_full_update_on_its_grids(tiny_text_dir, tmp_path):
+    # Teacher forcing is causal over grids: the cut trajectory's pass gives grids 1-2 the same
+    # log-probs as the whole one, so rl.last_grid=2 is exactly a full update that trains steps [0, 1].
+    policy, ref = load_policy(tiny_text_dir), load_policy(tiny_text_dir)
+    traj = policy.rollout(["a", "b"], n=3, sampler=SamplerConfig(cfg=0, temperature=0.7, logprob_mode="sampling"),
+                          generator=torch.Generator().manual_seed(0))
+    adv_B = torch.linspace(-1.0, 1.0, 6)
+    grads = []
+    for t in (traj.cut(2), traj):
+        policy.model.zero_grad()
+        opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+        m = policy_update(policy, ref, t, adv_B, UpdatePlan([0, 1]), RlConfig(kl_beta=0.1), TrainConfig(grad_clip=0.0),
+                          opt, DistInfo())
+        assert "scale/3/weight" not in m and m["policy/ratio_dev_first"] < 1e-5
+        grads.append([p.grad.clone() for p in policy.parameters() if p.grad is not None])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads)) and any(g.abs().sum() > 0 for g in grads[0])
+    # The trainer's batch: cut at grid 2, steps [0, 1], every sample scored as a whole image.
+    tr = trainer(tiny_text_dir, tmp_path, "rl.method=grpo", "rl.last_grid=2")
+    try:
+        batch = tr.rollout(0, [tr.train_prompts[i] for i in range(2)])
+    finally:
+        tr.reward.close()
+    assert batch.traj.num_steps == 2 and batch.steps == [0, 1]
+    assert batch.images.shape[1:3] == (policy.schedule.image_size,) * 2 and len(batch.returns) == 6
+
+
+@pytest.mark.parametrize("knob", ["loo", "per_scale", "region_credit", "last_grid"])
 def test_train_smoke_per_knob(tiny_text_dir, tmp_path, knob):
     extra = {"loo": ["rl.method=grpo", "rl.adv_norm=loo"],
              "per_scale": ["rl.vmr.splits=[1, 2]", "rl.vmr.k=2"],
              "region_credit": ["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}",
-                               "reward.text_ocr.workers=0", "rl.region_credit.outside=mask"]}[knob]
+                               "reward.text_ocr.workers=0", "rl.region_credit.outside=mask"],
+             "last_grid": ["rl.method=grpo", "rl.last_grid=2"]}[knob]
     assert main(["train", *args(tiny_text_dir, tmp_path, knob, *extra)]) == 0
     recs = step_records(tmp_path / knob)
     assert len(recs) == 2 and all(math.isfinite(r["policy/loss"]) and r["policy/ratio_dev_first"] == 0.0
@@ -136,3 +165,5 @@ def test_train_smoke_per_knob(tiny_text_dir, tmp_path, knob):
         assert all(f"scale/{t}/weight" in r for r in recs for t in (1, 2, 3))
         assert all(math.isfinite(r["stage/per_scale/value_1"]) and "stage/per_scale/value_2" in r for r in recs)
         assert json.loads((tmp_path / knob / "report.json").read_text())["kl_to_start"]["per_scale"]["updates"] == 2
+    if knob == "last_grid":  # grids 1-2 carry the loss; grid 3 is sampled and scored only
+        assert all("scale/2/weight" in r and "scale/3/weight" not in r for r in recs)

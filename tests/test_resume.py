@@ -8,17 +8,16 @@ import sys
 import time
 
 import pytest
+import tinyrun
 from safetensors.torch import load_file
 from tinymodel import build_tiny, write_model_dir
 
 
 def run_args(model, run_dir, name, extra=()):
-    return [sys.executable, "-m", "varrl", "train", f"policy.path={model}", f"run.dir={run_dir}", f"run.name={name}",
-            "reward.weights={brightness: 1.0}", "train.prompts_per_step=2", "train.group_size=4", "train.steps=12",
-            "train.eval_every=4", "train.save_every=1", "train.eval_prompts=4", "train.micro_batch=4",
-            "train.lr=3e-3", "train.warmup=2", "train.threads=1", "sampler.cfg=1.5", "sampler.top_k=20",
-            "rl.method=var_rl", "rl.vmr.m=2",
-            *extra]
+    return [sys.executable, "-m", "varrl", "train",
+            *tinyrun.run_args(model, run_dir, name, "train.steps=12", "train.eval_every=4", "train.save_every=1",
+                              "train.eval_prompts=4", "train.micro_batch=4", "train.lr=3e-3", "train.warmup=2",
+                              "train.threads=1", "sampler.cfg=1.5", "sampler.top_k=20", "rl.method=var_rl", *extra)]
 
 
 def without_perf(path):
@@ -45,7 +44,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after, extra):
     ["rl.vmr.splits=[1, 2]"],
     ["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0"],
     ["rl.adv_norm=loo"],
-], ids=["per_scale", "region_credit", "loo"])
+    ["rl.method=grpo", "rl.last_grid=2"],
+], ids=["per_scale", "region_credit", "loo", "last_grid"])
 def test_resume_is_bit_identical_with_each_lever(tmp_path, extra):
     check_kill_and_resume(tmp_path, 3, extra)
 

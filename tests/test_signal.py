@@ -1,9 +1,11 @@
 """The policy-gradient signal diagnostics: the sharpening score is the derivative it claims to be,
-and A * S estimates dE[R]/dbeta without bias."""
+A * S estimates dE[R]/dbeta without bias, and the reward's variance splits between prefixes and
+completions as a hand-worked ANOVA says."""
 
+import pytest
 import torch
 
-from varrl.eval.signal import centred_rewards, sharpen_scores
+from varrl.eval.signal import centred_rewards, decided_share, sharpen_scores
 from varrl.policy.sampler import SamplerConfig
 
 PROMPTS = ['the text "OPEN" in red on a white background', 'the text "CAFE" in blue on a black background']
@@ -57,3 +59,22 @@ def test_teacher_logits_are_what_logprobs_score(tiny_policy):
     for k, lp in enumerate(tiny_policy.logprobs(traj)):
         mine = logits[:, off[k]:off[k + 1]].log_softmax(-1).gather(-1, traj.idx[k][..., None]).squeeze(-1)
         assert torch.allclose(mine, lp, atol=1e-5)
+
+
+def test_decided_share_by_hand():
+    # One prompt, 2 prefixes x 2 completions: prefix means 1 and 3, completions 0/2 and 2/4.
+    # MSW = mean(var(0,2), var(2,4)) = mean(2, 2) = 2; MSB = K var(1, 3) = 2 * 2 = 4;
+    # between = (4 - 2) / 2 = 1, within = 2.
+    r = torch.tensor([[[0.0, 2.0], [2.0, 4.0]]])
+    assert decided_share(r) == (1.0, 2.0)
+    # A second prompt whose prefix decides everything (no within-prefix spread): between = var(0, 6) = 18.
+    both = torch.cat([r, torch.tensor([[[0.0, 0.0], [6.0, 6.0]]])])
+    assert decided_share(both) == ((1.0 + 18.0) / 2, (2.0 + 0.0) / 2)
+    # A prompt with a NaN reward is left out; completions that ignore the prefix give about 0 between.
+    nan = torch.tensor([[[float("nan"), 1.0], [1.0, 1.0]]])
+    assert decided_share(torch.cat([r, nan])) == (1.0, 2.0)
+    noise = torch.randn(400, 4, 8, generator=torch.Generator().manual_seed(0))
+    between, within = decided_share(noise)
+    assert abs(between) < 0.03 and abs(within - 1.0) < 0.05
+    with pytest.raises(ValueError, match="G >= 2 and K >= 2"):
+        decided_share(torch.zeros(1, 2, 1))

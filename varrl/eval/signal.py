@@ -1,6 +1,7 @@
 """Diagnostics of the policy-gradient signal: the score of an image along the sharpening
-direction (every grid's logits scaled by its own beta), and group-centred rewards that make
-E[A * S] an unbiased covariance. `benchmarks/sharpen_signal.py` prints what they measure."""
+direction (every grid's logits scaled by its own beta), group-centred rewards that make
+E[A * S] an unbiased covariance, and the share of the reward's variance that a prefix of grids
+decides. `benchmarks/sharpen_signal.py` and `benchmarks/reward_decided.py` print what they measure."""
 
 from __future__ import annotations
 
@@ -31,3 +32,20 @@ def centred_rewards(rewards_B: torch.Tensor, group_B: torch.Tensor) -> torch.Ten
     n_B = torch.zeros(int(inv.max()) + 1, dtype=torch.float64).index_add_(0, inv, valid_B.double())[inv]
     adv_B = group_advantages(rewards_B, group_B, "none").double() * n_B / (n_B - 1).clamp(min=1)
     return torch.where(valid_B, adv_B, torch.full_like(adv_B, float("nan"))).to(rewards_B.dtype)
+
+
+def decided_share(rewards_PGK: torch.Tensor) -> tuple[float, float]:
+    """How much of a prompt's reward variance its first grids decide. `rewards_PGK`: P prompts, G
+    prefixes each, K completions of each prefix. One-way random-effects ANOVA per prompt: the
+    between-prefix component (MSB - MSW) / K and the within-prefix one MSW, averaged over the
+    prompts (a prompt whose rewards hold a NaN is left out). Returns (between, within): the
+    share decided by the prefix is between / (between + within). The between estimate is
+    unbiased, so it can come out below 0 when the prefix decides nothing."""
+    r = rewards_PGK.double()
+    r = r[~torch.isnan(r).flatten(1).any(1)]
+    if len(r) == 0 or r.shape[1] < 2 or r.shape[2] < 2:
+        raise ValueError(f"decided_share needs a prompt without NaN, G >= 2 and K >= 2, got {tuple(rewards_PGK.shape)}")
+    K = r.shape[2]
+    msw_P = r.var(2, unbiased=True).mean(1)
+    msb_P = K * r.mean(2).var(1, unbiased=True)
+    return float(((msb_P - msw_P) / K).mean()), float(msw_P.mean())

@@ -8,7 +8,7 @@ reward at once, so out-of-process scoring overlaps with sampling the next chunk.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -36,6 +36,14 @@ class StageBatch:
     values: torch.Tensor | None = None  # per_scale: [B, J] soft values at the splits (NaN: not applicable)
     segments: list[list[int]] | None = None  # per_scale: the 0-based steps of each segment
     words: list[list] | None = None  # per row, its WordScores, when its return is its own final reward
+
+    def up_to(self, m: int) -> StageBatch:
+        """The batch training grids 1..m only (rl.last_grid): its trajectory is cut there, so the
+        update's teacher-forced pass stops at grid m. The images, returns and boxes stay those of
+        the complete samples."""
+        if m >= self.traj.num_steps:
+            return self
+        return replace(self, traj=self.traj.cut(m), steps=[t for t in self.steps if t < m])
 
 
 class _Scorer:

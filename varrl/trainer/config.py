@@ -241,6 +241,10 @@ class RlConfig:
     panw: PanwConfig = field(default_factory=PanwConfig)
     mp: MpConfig = field(default_factory=MpConfig)
     region_credit: RegionCreditConfig = field(default_factory=RegionCreditConfig)
+    last_grid: int | str | None = None
+    """the last grid the update trains, given like rl.vmr.m (a grid count, 64px or 8x8; null: every
+    grid). Later grids are still sampled and scored but carry no loss, and the update's teacher-forced
+    pass stops at this grid (benchmarks/reward_decided.py: which grids decide the reward)"""
 
     @property
     def per_scale(self) -> bool:
@@ -302,6 +306,9 @@ class TrainRunConfig:
         if rl.region_credit.enabled and rl.per_scale:
             raise ValueError("rl.region_credit.enabled does not combine with rl.vmr.splits: per-scale updates are "
                              "judged by soft values, not by the image's own word scores; drop one of the two")
+        if rl.last_grid is not None and rl.vmr.enabled:
+            raise ValueError("rl.last_grid does not combine with VMR (its stages choose their own grids): use it "
+                             "with rl.method=grpo, or drop rl.last_grid")
         from varrl.algorithms.stages import parse_alternation
 
         parse_alternation(self.rl.alternation)  # a bad pattern fails at load time, naming the key

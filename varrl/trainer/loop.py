@@ -105,6 +105,7 @@ class Trainer:
         self.mine = info.shard(tc.prompts_per_step)
         self.m = resolve_split(cfg.rl.vmr.m, self.policy.schedule) if cfg.rl.vmr.enabled else None
         self.splits = resolve_splits(cfg.rl.vmr.splits, self.policy.schedule) if cfg.rl.per_scale else None
+        self.last = resolve_last_grid(cfg.rl.last_grid, self.policy.schedule)
         if cfg.rl.region_credit.enabled and not self.reward.per_word:
             raise ConfigError(f"rl.region_credit.enabled needs a reward that scores each target word (text_ocr "
                               f"with a weight other than 0); reward.weights is {dict(cfg.reward.weights)}",
@@ -247,7 +248,7 @@ class Trainer:
         cfg, tc, vmr = self.cfg, self.cfg.train, self.cfg.rl.vmr
         args = (cfg.sampler, self.gen, self.reward, tc.micro_batch, self.mine.start)
         if not vmr.enabled:
-            return full_batch(self.policy, records, tc.group_size, *args)
+            return full_batch(self.policy, records, tc.group_size, *args).up_to(self.last)
         if self.splits:
             return per_scale_batch(self.policy, records, tc.group_size, vmr.k, self.splits, vmr.eta, *args)
         if stage_at(step, cfg.rl.alternation, tc.steps) == "prefix":
@@ -360,6 +361,16 @@ def resolve_split(spec: int | str, schedule, key: str = "rl.vmr.m") -> int:
         raise ConfigError(f"{key}={spec!r} is step {m}; VMR needs a split inside 1..{schedule.num_steps - 1} "
                           f"(grids {[h for h, _ in schedule.grids]})", key)
     return m
+
+
+def resolve_last_grid(spec: int | str | None, schedule) -> int:
+    """rl.last_grid as a step count (null: the schedule's last step)."""
+    if spec is None:
+        return schedule.num_steps
+    try:
+        return schedule.resolve_step(spec)
+    except ValueError as e:
+        raise ConfigError(f"rl.last_grid={spec!r}: {e}", "rl.last_grid") from e
 
 
 def resolve_splits(specs: list[int | str], schedule) -> list[int]:
