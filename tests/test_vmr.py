@@ -96,8 +96,7 @@ def test_prefix_updates_can_have_their_own_kl_coefficient(tiny_dir, tmp_path):
 
 
 def test_method_grpo_is_the_plain_baseline(tiny_dir, tmp_path):
-    args = run_args(tiny_dir, tmp_path, "g", "train.group_size=3", "train.steps=1", "rl.method=grpo",
-                    "rl.vmr.m=32px")  # the default: GRPO has no split
+    args = run_args(tiny_dir, tmp_path, "g", "train.group_size=3", "train.steps=1", "rl.method=grpo")
     assert main(["train", *args]) == 0
     r = next(json.loads(ln) for ln in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()
              if "reward/mean" in ln)

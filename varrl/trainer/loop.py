@@ -351,12 +351,18 @@ class CheckpointWriteError(CheckpointError):
                          f"space and continue with --resume {run_dir} (it restarts from the last checkpoint)")
 
 
-def resolve_split(spec: int | str, schedule, key: str = "rl.vmr.m") -> int:
-    """rl.vmr.m (or one entry of rl.vmr.splits) as a step count: the prefix generates grids 1..m."""
+def resolve_step(spec: int | str, schedule, key: str) -> int:
+    """A config value naming a step (a count, `64px` or `8x8`) as a step count; a bad one is a
+    config error naming `key`."""
     try:
-        m = schedule.resolve_step(spec)
+        return schedule.resolve_step(spec)
     except ValueError as e:
         raise ConfigError(f"{key}={spec!r}: {e}", key) from e
+
+
+def resolve_split(spec: int | str, schedule, key: str = "rl.vmr.m") -> int:
+    """rl.vmr.m (or one entry of rl.vmr.splits) as a step count: the prefix generates grids 1..m."""
+    m = resolve_step(spec, schedule, key)
     if not 1 <= m < schedule.num_steps:
         raise ConfigError(f"{key}={spec!r} is step {m}; VMR needs a split inside 1..{schedule.num_steps - 1} "
                           f"(grids {[h for h, _ in schedule.grids]})", key)
@@ -365,12 +371,7 @@ def resolve_split(spec: int | str, schedule, key: str = "rl.vmr.m") -> int:
 
 def resolve_last_grid(spec: int | str | None, schedule) -> int:
     """rl.last_grid as a step count (null: the schedule's last step)."""
-    if spec is None:
-        return schedule.num_steps
-    try:
-        return schedule.resolve_step(spec)
-    except ValueError as e:
-        raise ConfigError(f"rl.last_grid={spec!r}: {e}", "rl.last_grid") from e
+    return schedule.num_steps if spec is None else resolve_step(spec, schedule, "rl.last_grid")
 
 
 def resolve_splits(specs: list[int | str], schedule) -> list[int]:
