@@ -10,9 +10,10 @@ import torch
 from varrl.algorithms.grpo import clipped_policy_term, group_advantages
 from varrl.algorithms.per_scale import per_scale_advantages, segment_returns, segments, step_advantages
 from varrl.algorithms.region_credit import token_advantages, word_advantages
+from varrl.ocr import OcrChar, OcrWord, line_characters
 from varrl.rewards import CombinedReward, Reward, RewardResult
 from varrl.rewards.base import WordScore
-from varrl.rewards.text_ocr import text_ocr_terms, word_terms
+from varrl.rewards.text_ocr import letter_scores, text_ocr_terms, word_terms
 
 NAN = float("nan")
 
@@ -93,12 +94,49 @@ def test_word_terms_by_hand():
     assert word_terms(["xyz"], [("abc", 0.9)])[0].reads == () and word_terms(["xyz"], [])[0].sim == 0.0
 
 
+def _read(text: str, confs: list[float]) -> OcrWord:
+    """A read whose character k has confidence confs[k] and the box (k, 0, k + 1, 1)."""
+    return OcrWord(text, 0.5, (0, 0, len(text), 1),
+                   tuple(OcrChar(c, s, (k, 0, k + 1, 1)) for k, (c, s) in enumerate(zip(text, confs))))
+
+
+def test_letter_scores_by_hand():
+    # "open" read as "OPFN": o, p, n match (their characters' confidences), e is read as f: 0, but
+    # the f's box is where the e was drawn.
+    got = letter_scores("OPEN", _read("OPFN", [0.9, 0.8, 0.7, 0.6]))
+    assert [(c.word, c.score, c.boxes) for c in got] == [
+        ("o", 0.9, [(0, 0, 1, 1)]), ("p", 0.8, [(1, 0, 2, 1)]), ("e", 0.0, [(2, 0, 3, 1)]), ("n", 0.6, [(3, 0, 4, 1)])]
+    # "cafe" read as "cfe": the a is missing (0, no box); f and e take read characters 1 and 2.
+    got = letter_scores("cafe", _read("cfe", [0.9, 0.8, 0.7]))
+    assert [(c.score, c.boxes) for c in got] == [(0.9, [(0, 0, 1, 1)]), (0.0, []), (0.8, [(1, 0, 2, 1)]),
+                                                 (0.7, [(2, 0, 3, 1)])]
+    # "ab" read as "xaby": the extra characters score nothing; a and b keep their own.
+    assert [(c.score, c.boxes) for c in letter_scores("ab", _read("xaby", [0.1, 0.2, 0.3, 0.4]))] == [
+        (0.2, [(1, 0, 2, 1)]), (0.3, [(2, 0, 3, 1)])]
+    # No characters from the engine: matched letters score the read's confidence, without boxes.
+    assert [(c.score, c.boxes) for c in letter_scores("ab", OcrWord("aX", 0.5, (0, 0, 1, 1)))] == [(0.5, []), (0.0, [])]
+    # Nothing read: every letter 0, no boxes; confidences are clipped to [0, 1].
+    assert [(c.word, c.score, c.boxes) for c in letter_scores("ab", None)] == [("a", 0.0, []), ("b", 0.0, [])]
+    assert letter_scores("a", _read("a", [1.0001]))[0].score == 1.0
+
+
+def test_line_characters_follow_the_line_s_words():
+    quad = [[0, 0], [2, 0], [2, 5], [0, 5]]
+    chars = line_characters(["ab", "c"], [("a", 0.9, quad), ("b", 0.8, quad), ("c", 0.7, quad)])
+    assert chars == [OcrChar("a", 0.9, (0, 0, 2, 5)), OcrChar("b", 0.8, (0, 0, 2, 5)), OcrChar("c", 0.7, (0, 0, 2, 5))]
+    # Characters that do not spell the line one for one pair no letter with a box.
+    assert line_characters(["ab", "c"], [("a", 0.9, quad), ("bc", 0.8, quad)]) == []
+    assert line_characters(["ab"], [("a", 0.9, quad)]) == [] and line_characters(["ab"], None) == []
+
+
 class _Words(Reward):
     name = "words"
     per_word = True
 
     def __call__(self, images_BHW3, prompts, meta):
-        return RewardResult(np.array([1.0]), [[(0, 0, 4, 4)]], {}, None, [[WordScore("cat", 1.5, [(0, 0, 4, 4)])]])
+        letters = (WordScore("c", 0.5, [(0, 0, 1, 4)]),)
+        return RewardResult(np.array([1.0]), [[(0, 0, 4, 4)]], {}, None,
+                            [[WordScore("cat", 1.5, [(0, 0, 4, 4)], letters)]])
 
 
 class _Plain(Reward):
@@ -111,7 +149,8 @@ class _Plain(Reward):
 def test_combined_reward_weights_the_word_scores():
     img = np.zeros((1, 8, 8, 3), dtype=np.uint8)
     res = CombinedReward([(_Words(), 2.0), (_Plain(), 1.0)])(img, [""], [{}])
-    assert res.scores.tolist() == [2.5] and res.words == [[WordScore("cat", 3.0, [(0, 0, 4, 4)])]]
+    assert res.scores.tolist() == [2.5]
+    assert res.words == [[WordScore("cat", 3.0, [(0, 0, 4, 4)], (WordScore("c", 1.0, [(0, 0, 1, 4)]),))]]
     only_logged = CombinedReward([(_Words(), 0.0), (_Plain(), 1.0)])
     assert not only_logged.per_word and only_logged(img, [""], [{}]).words is None
     assert CombinedReward([(_Words(), 1.0)]).per_word and not CombinedReward([(_Plain(), 1.0)]).per_word

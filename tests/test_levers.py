@@ -102,6 +102,26 @@ def test_region_credit_maps_word_boxes_to_tokens(tiny_text_dir, tmp_path):
     assert fine[:, 1:].tolist() == [[-2.0] * 15, [-1.0] * 15, [3.0] * 15]  # the image's elsewhere
 
 
+def test_letter_credit_maps_letter_boxes_to_tokens(tiny_text_dir, tmp_path):
+    tr = trainer(tiny_text_dir, tmp_path, "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0",
+                 "rl.method=grpo", "rl.region_credit.enabled=true", "rl.region_credit.unit=letter",
+                 "rl.region_credit.outside=mask", "rl.mp.dilation=0", "rl.adv_norm=none")
+    try:
+        batch = tr.rollout(0, [tr.train_prompts[0]])
+    finally:
+        tr.reward.close()
+    # A two-letter word (finest grid 4x4, 8 px cells): letter 0 drawn in cell 0, letter 1 in cell 1.
+    # Letter 0 scores 0, 1, 2 (advantages -1, 0, +1); letter 1 scores 1, 1, 4 (-1, -1, +2), and row 2
+    # missed it (no box): its score counts for the others, its cell carries no gradient (mask).
+    cells = [[(0, 0, 8, 8)], [(8, 0, 16, 8)]]
+    batch.words = [[WordScore("ab", 9.0, [(0, 0, 16, 8)], (WordScore("a", float(i), cells[0]),
+                                                               WordScore("b", b, cells[1] if i < 2 else [])))]
+                   for i, b in enumerate([1.0, 1.0, 4.0])]
+    fine = tr.local_advantages(batch).steps[2]
+    assert fine[:, 0].tolist() == [-1.0, 0.0, 1.0] and fine[:, 1].tolist() == [-1.0, -1.0, 0.0]
+    assert fine[:, 2:].abs().sum() == 0  # outside every letter: masked
+
+
 def test_region_credit_needs_a_per_word_reward(tiny_text_dir, tmp_path, capsys):
     assert main(["train", *args(tiny_text_dir, tmp_path, "r", "rl.region_credit.enabled=true")]) == 2
     assert "rl.region_credit.enabled needs a reward that scores each target word" in capsys.readouterr().err
@@ -114,6 +134,7 @@ def test_region_credit_needs_a_per_word_reward(tiny_text_dir, tmp_path, capsys):
     (["rl.vmr.splits=[64px]"], "rl.vmr.splits[0]='64px'"),
     (["rl.vmr.splits=[1]", "rl.region_credit.enabled=true"], "rl.region_credit.enabled does not combine"),
     (["rl.region_credit.outside=nowhere"], "rl.region_credit.outside"),
+    (["rl.region_credit.unit=char"], "rl.region_credit.unit"),
     (["rl.adv_norm=loo1"], "rl.adv_norm"),
     (["rl.last_grid=2"], "rl.last_grid does not combine with VMR"),
     (["rl.method=grpo", "rl.last_grid=4"], "rl.last_grid=4"),
@@ -150,12 +171,14 @@ def test_last_grid_update_is_the_full_update_on_its_grids(tiny_text_dir, tmp_pat
     assert batch.images.shape[1:3] == (policy.schedule.image_size,) * 2 and len(batch.returns) == 6
 
 
-@pytest.mark.parametrize("knob", ["loo", "per_scale", "region_credit", "last_grid"])
+@pytest.mark.parametrize("knob", ["loo", "per_scale", "region_credit", "region_letter", "last_grid"])
 def test_train_smoke_per_knob(tiny_text_dir, tmp_path, knob):
     extra = {"loo": ["rl.method=grpo", "rl.adv_norm=loo"],
              "per_scale": ["rl.vmr.splits=[1, 2]", "rl.vmr.k=2"],
              "region_credit": ["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}",
                                "reward.text_ocr.workers=0", "rl.region_credit.outside=mask"],
+             "region_letter": ["rl.method=grpo", "rl.region_credit.enabled=true", "rl.region_credit.unit=letter",
+                               "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0"],
              "last_grid": ["rl.method=grpo", "rl.last_grid=2"]}[knob]
     assert main(["train", *args(tiny_text_dir, tmp_path, knob, *extra)]) == 0
     recs = step_records(tmp_path / knob)

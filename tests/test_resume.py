@@ -43,9 +43,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after, extra):
 @pytest.mark.parametrize("extra", [
     ["rl.vmr.splits=[1, 2]"],
     ["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0"],
+    ["rl.method=grpo", "rl.region_credit.enabled=true", "rl.region_credit.unit=letter", "rl.region_credit.outside=mask",
+     "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0"],
     ["rl.adv_norm=loo"],
     ["rl.method=grpo", "rl.last_grid=2"],
-], ids=["per_scale", "region_credit", "loo", "last_grid"])
+], ids=["per_scale", "region_credit", "region_letter", "loo", "last_grid"])
 def test_resume_is_bit_identical_with_each_lever(tmp_path, extra):
     check_kill_and_resume(tmp_path, 3, extra)
 

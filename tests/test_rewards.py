@@ -303,6 +303,21 @@ def test_text_ocr_reward_end_to_end():
               for t, w in zip(s.boxes, ws) if w.score > 1.0]
     assert len(placed) >= 3 and all(placed), res.words
     assert [w.boxes for w in res.words[4]] == [[]] and res.words[5] == []  # nothing read; no target words
+    # Letters: one per letter of each word; a word read exactly has each letter's box inside the
+    # word's rendered box, left to right, scored by the OCR's confidence in that character.
+    exact = 0
+    for s, ws, texts in zip(samples, res.words[:4], res.texts[:4]):
+        for t, w in zip(s.boxes, ws):
+            assert "".join(c.word for c in w.letters) == w.word
+            if w.word not in [x.lower() for x in texts]:
+                continue
+            exact += 1
+            x0s = [c.boxes[0][0] for c in w.letters]
+            assert x0s == sorted(x0s) and all(0.5 < c.score <= 1.0 for c in w.letters), w
+            assert all(_iou(t, c.boxes[0]) > 0 and t[0] - 4 <= c.boxes[0][0] and c.boxes[0][2] <= t[2] + 4
+                       for c in w.letters), (t, w)
+    assert exact >= 3, res.texts
+    assert [[c.score for c in w.letters] for w in res.words[4]] == [[0.0] * 4]
 
 
 def test_dead_ocr_worker_is_an_error_not_a_hang(tmp_path):

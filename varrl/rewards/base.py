@@ -26,6 +26,9 @@ class WordScore:
     """the word's own reward (text_ocr: its Comp + Sim; the image's Comp + Sim is their mean)"""
     boxes: list[Box]
     """pixel boxes of the reads that decided the score (empty: nothing read for this word)"""
+    letters: tuple[WordScore, ...] = ()
+    """one WordScore per letter of the word, for letter-level credit (text_ocr: `letter_scores`);
+    empty for rewards that score words only"""
 
 
 @dataclass
@@ -180,13 +183,18 @@ class CombinedReward(Reward):
         texts = _concat_per_image(B, [res.texts for res in results])
         # Word scores carry their reward's weight; a reward of weight 0 only logs, so its words are left out.
         words = _concat_per_image(B, [None if res.words is None or w == 0 else
-                                      [[replace(x, score=w * x.score) for x in ws] for ws in res.words]
+                                      [[weighted(x, w) for x in ws] for ws in res.words]
                                       for (_, w), res in zip(self.rewards, results)])
         return RewardResult(total_B, boxes, components, texts, words)
 
     def close(self) -> None:
         for r, _ in self.rewards:
             r.close()
+
+
+def weighted(word: WordScore, w: float) -> WordScore:
+    """A word's score, and its letters' scores, times its reward's weight."""
+    return replace(word, score=w * word.score, letters=tuple(replace(c, score=w * c.score) for c in word.letters))
 
 
 def _concat_per_image(B: int, lists: list[list[list] | None]) -> list[list] | None:

@@ -54,6 +54,8 @@ class WordTerm:
     comp: float
     sim: float
     reads: tuple[int, ...]
+    closest: int | None = None
+    """i*, the read Sim took (None: nothing read shares a letter with the word)"""
 
 
 def word_terms(targets: list[str], reads: list[tuple[str, float]]) -> list[WordTerm]:
@@ -72,7 +74,32 @@ def word_terms(targets: list[str], reads: list[tuple[str, float]]) -> list[WordT
             sim, k_sim = ld_star * s_star, -k_sim  # -k: among equal reads the first wins
             if ld_star <= _TIE_TOL:  # 1e-8 in LD leaves "nothing shared" a hair above 0
                 k_sim = None
-        out.append(WordTerm(w, comp, sim, tuple(sorted({k for k in (k_comp, k_sim) if k is not None}))))
+        out.append(WordTerm(w, comp, sim, tuple(sorted({k for k in (k_comp, k_sim) if k is not None})), k_sim))
+    return out
+
+
+def letter_scores(word: str, read: OcrWord | None) -> list[WordScore]:
+    """One WordScore per letter of a target word (lower-cased), for letter-level credit.
+
+    The word is aligned to the read that decided its Sim term (`read`; None: nothing read) by
+    Levenshtein. A letter the read spells at its aligned place scores that character's own OCR
+    confidence (the read's confidence when the engine gave no characters); a letter read as
+    another character or not read at all scores 0. A letter's box is the box of the character it
+    is aligned to (matched or substituted); a letter with no character across from it (deleted
+    in the read, or no characters at all) has no box. Extra characters of the read score nothing."""
+    word = word.lower()
+    out = [WordScore(ch, 0.0, []) for ch in word]
+    if read is None:
+        return out
+    text = read.text.lower()
+    chars = read.chars if len(read.chars) == len(text) else ()
+    for op in Levenshtein.opcodes(word, text):
+        if op.tag not in ("equal", "replace"):
+            continue
+        for j, k in zip(range(op.src_start, op.src_end), range(op.dest_start, op.dest_end)):
+            conf = chars[k].score if chars else read.score
+            score = min(1.0, max(0.0, conf)) if op.tag == "equal" else 0.0
+            out[j] = WordScore(word[j], score, [chars[k].box] if chars else [])
     return out
 
 
@@ -173,7 +200,9 @@ class TextOcrReward(Reward):
         both = [_terms(t, [(w.text, min(1.0, max(0.0, w.score))) for w in ws], self.config.lam)
                 for t, ws in zip(targets, words)]
         terms = [t for t, _ in both]
-        per_word = [[WordScore(wt.word, wt.comp + wt.sim, [ws[k].box for k in wt.reads]) for wt in wts]
+        per_word = [[WordScore(wt.word, wt.comp + wt.sim, [ws[k].box for k in wt.reads],
+                               tuple(letter_scores(wt.word, None if wt.closest is None else ws[wt.closest])))
+                     for wt in wts]
                     for ws, (_, wts) in zip(words, both)]
         return RewardResult(
             scores=np.array([t["reward"] for t in terms]),

@@ -205,6 +205,10 @@ class RegionCreditConfig:
     outside: Literal["image", "mask"] = "image"
     """tokens outside every word's box: take the image's advantage, or carry no policy gradient ('mask';
     a sample none of whose words was read keeps the image's advantage everywhere)"""
+    unit: Literal["word", "letter"] = "word"
+    """what a region is: a target word (its Comp + Sim), or one letter of one (text_ocr: the OCR
+    confidence of the character read across from it, 0 when misread or missing; its box is that
+    character's)"""
 
 
 METHOD_PRESETS: dict[str, dict] = {

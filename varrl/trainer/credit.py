@@ -33,14 +33,23 @@ class CreditInputs:
     returns: torch.Tensor  # [B]
     group: torch.Tensor  # [B]
     values: torch.Tensor | None  # per_scale: [B, J] soft values at the splits
-    word_scores: list[list[float]] | None  # region credit: per row, its words' own scores
+    word_scores: list[list[float]] | None  # region credit: per row, its regions' own scores
 
     @staticmethod
     def of(batch: StageBatch, rl: RlConfig) -> CreditInputs:
         scores = None
         if rl.region_credit.enabled and batch.words is not None:
-            scores = [[w.score for w in row] for row in batch.words]
+            scores = [[r.score for r in row] for row in regions(batch, rl)]
         return CreditInputs(batch.returns, batch.traj.group, batch.values, scores)
+
+
+def regions(batch: StageBatch, rl: RlConfig) -> list[list]:
+    """Per row, the WordScores region credit works with: its words, or every letter of every word in
+    order (rl.region_credit.unit). Rows of one group ask for the same words, so position i is the
+    same region in each of them."""
+    if rl.region_credit.unit == "letter":
+        return [[c for w in row for c in w.letters] for row in batch.words]
+    return batch.words
 
 
 def advantages(parts: list[CreditInputs], rank: int, batch: StageBatch, rl: RlConfig, grids) -> Advantages:
@@ -60,7 +69,7 @@ def advantages(parts: list[CreditInputs], rank: int, batch: StageBatch, rl: RlCo
         scores = [row for p in parts for row in p.word_scores]
         word_adv = word_advantages(scores, group, rl.adv_norm, rl.adv_clip)[mine]
         mp = rl.mp
-        steps = token_advantages(word_adv, [[w.boxes for w in row] for row in batch.words], adv_B,
+        steps = token_advantages(word_adv, [[r.boxes for r in row] for row in regions(batch, rl)], adv_B,
                                  tuple(batch.images.shape[1:3]), list(grids), batch.steps, mp.pool, mp.threshold,
                                  mp.dilation, rl.region_credit.outside)
         return Advantages(adv_B, steps)
