@@ -87,3 +87,24 @@ def check_kill_and_resume(tmp_path, kill_after, extra=()):
     ra = json.loads((tmp_path / "full" / "report.json").read_text())["eval"]
     rb = json.loads((tmp_path / "killed" / "report.json").read_text())["eval"]
     assert ra == rb and [e["step"] for e in ra] == [0, 4, 8, 12]
+
+
+def test_resume_with_another_thread_count_warns(tmp_path):
+    # CPU float rounding depends on torch's thread count: a resume at another count is another sample.
+    model = tmp_path / "model"
+    write_model_dir(model, *build_tiny(model_kwargs=dict(max_text_len=128)))
+    args = [sys.executable, "-m", "varrl", "train",
+            *tinyrun.run_args(model, tmp_path, "r", "train.steps=1", "train.eval_every=0", "train.save_every=1",
+                              "train.threads=1")]
+    assert subprocess.run(args, capture_output=True).returncode == 0
+
+    def resume(threads, steps):
+        out = subprocess.run([sys.executable, "-m", "varrl", "train", "--resume", str(tmp_path / "r"),
+                              f"train.threads={threads}", f"train.steps={steps}"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stderr
+
+    err = resume(2, 2)
+    assert "step_00000001 was written with 1 torch threads and this resume has 2" in err
+    assert "resume with train.threads=1" in err
+    assert "torch threads" not in resume(2, 3)  # step 2 was written with 2

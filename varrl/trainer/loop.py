@@ -166,6 +166,13 @@ class Trainer:
                 tqdm.write(f"resuming from {ckpt} (step {state['step']})", file=sys.stderr)
             rng.restore(self.gen)
             self.start = state["step"]
+            threads = state.get("torch_threads")  # checkpoints before this field: unknown, no warning
+            if info.main and threads is not None and threads != torch.get_num_threads() \
+                    and self.policy.device.type == "cpu":
+                tqdm.write(f"WARNING: {ckpt} was written with {threads} torch threads and this resume has "
+                           f"{torch.get_num_threads()}; CPU float rounding depends on the thread count, so the run "
+                           f"goes on as another sample, not bit-identical to an uninterrupted one (resume with "
+                           f"train.threads={threads} for that)", file=sys.stderr)
             self.wall_before = float(state.get("wall_s", 0.0))  # checkpoints before this field: unknown, 0
 
     def run(self) -> dict | None:
@@ -309,7 +316,8 @@ class Trainer:
             where = self.run_dir / "checkpoints"
             try:
                 save_train_checkpoint(where, at, model_sd, optim_sd, rngs,
-                                      {"data_position": at * self.cfg.train.prompts_per_step, "wall_s": self.wall_s()},
+                                      {"data_position": at * self.cfg.train.prompts_per_step, "wall_s": self.wall_s(),
+                                       "torch_threads": torch.get_num_threads()},
                                       self.cfg.train.keep_checkpoints, self.lora)
                 where = self.run_dir / "last"
                 # With adapters the base is frozen: after this session's first save only the adapters are new.
