@@ -7,6 +7,7 @@ and a fine grid of f cells both tile [0, n*f), coarse cell i as [i*f, (i+1)*f) a
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -36,21 +37,23 @@ def boxes_to_mask(boxes: list[Box], image_hw: tuple[int, int], grid_hw: tuple[in
     return mask
 
 
+@lru_cache(maxsize=256)
 def _overlap_matrix(n_coarse: int, n_fine: int) -> torch.Tensor:
-    """[n_coarse, n_fine] integer overlap lengths on the common [0, n_coarse*n_fine) axis."""
+    """float64 [n_coarse, n_fine] integer overlap lengths on the common [0, n_coarse*n_fine) axis
+    (cached: region credit asks for the same few shapes thousands of times per step; read-only)."""
     i = torch.arange(n_coarse)[:, None]
     j = torch.arange(n_fine)[None, :]
     lo = torch.maximum(i * n_fine, j * n_coarse)
     hi = torch.minimum((i + 1) * n_fine, (j + 1) * n_coarse)
-    return (hi - lo).clamp(min=0)
+    return (hi - lo).clamp(min=0).double()
 
 
 def coverage(mask_hw: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
     """Float [h, w]: the share of each cell of `grid_hw` covered by on-cells of `mask_hw`."""
     H, W = mask_hw.shape
     h, w = grid_hw
-    oy = _overlap_matrix(h, H).double()
-    ox = _overlap_matrix(w, W).double()
+    oy = _overlap_matrix(h, H)
+    ox = _overlap_matrix(w, W)
     covered = oy @ mask_hw.double() @ ox.T
     return covered / (H * W)  # each coarse cell has area (H*h/h)*(W*w/w) = H*W in these units
 
@@ -68,9 +71,14 @@ def propagate(mask_hw: torch.Tensor, grids: list[tuple[int, int]], pool: Literal
         if tuple(hw) == tuple(mask_hw.shape):
             out.append(mask_hw.bool().clone())
             continue
-        cov = coverage(mask_hw, hw)
-        out.append(cov > 0 if pool == "max" else cov >= threshold - 1e-12)
+        out.append(pooled(coverage(mask_hw, hw), pool, threshold))
     return out
+
+
+def pooled(coverage_hw: torch.Tensor, pool: Literal["max", "area"] = "max", threshold: float = 0.5) -> torch.Tensor:
+    """Bool [h, w]: which cells a mask with this coverage turns on under `pool` (see `propagate`).
+    On the mask's own grid coverage is 0 or 1, so both pools give the mask back."""
+    return coverage_hw > 0 if pool == "max" else coverage_hw >= threshold - 1e-12
 
 
 def batch_step_masks(boxes: list[list[Box] | None], image_hw: tuple[int, int], grids: list[tuple[int, int]],

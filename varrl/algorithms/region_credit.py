@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from varrl.algorithms.grpo import AdvNorm, group_advantages
-from varrl.algorithms.masks import Box, boxes_to_mask, coverage, propagate
+from varrl.algorithms.masks import Box, boxes_to_mask, coverage, pooled
 
 Outside = Literal["image", "mask"]
 
@@ -60,7 +60,8 @@ def token_advantages(word_adv: list[torch.Tensor], word_boxes: list[list[list[Bo
             num = torch.zeros(h, w, dtype=torch.float64)
             den = torch.zeros(h, w, dtype=torch.float64)
             for m, a in masks:
-                weight = coverage(m, (h, w)) * propagate(m, [(h, w)], pool, threshold)[0]
+                cov = coverage(m, (h, w))
+                weight = cov * pooled(cov, pool, threshold)
                 num += weight * a
                 den += weight
             rest = image if outside == "image" else 0.0
