@@ -331,3 +331,32 @@ def test_dead_ocr_worker_is_an_error_not_a_hang(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode != 0
     assert "OcrWorkerError" in out.stderr and 'if __name__ == "__main__":' in out.stderr, out.stderr[-2000:]
+
+
+def test_character_boxes_leave_the_reads_alone():
+    # OcrEngine asks RapidOCR for per-character boxes; the words and their confidences must be
+    # what the same engine reads without them (the characters come from the same recogniser pass).
+    from rapidocr import RapidOCR
+
+    from varrl.data.synth import SynthConfig, SynthGenerator
+    from varrl.ocr import OcrEngine
+
+    cfg = SynthConfig(case="upper", word_len=(3, 7), fonts=("DejaVuSans-Bold",), background="plain",
+                      region_mix={"1": 0.5, "2": 0.5}, cap_px=(16, 24))
+    images = [SynthGenerator(cfg, "train", seed=1).sample(i).image for i in range(6)]
+    ours = OcrEngine()
+    c = ours.config
+    plain = RapidOCR(params={"Global.log_level": "error", "Global.text_score": c.min_score, "Global.use_cls": c.use_cls,
+                             "Det.limit_side_len": c.det_side, "Det.limit_type": "min",
+                             "EngineConfig.onnxruntime.intra_op_num_threads": 1,
+                             "EngineConfig.onnxruntime.inter_op_num_threads": 1})
+    n_chars = 0
+    for img in images:
+        words = ours(img)
+        out = plain(np.ascontiguousarray(img[:, :, ::-1]))
+        lines = [] if out is None or out.txts is None else list(zip(out.txts, out.scores))
+        assert " ".join(w.text for w in words) == " ".join(t for t, _ in lines)
+        assert sorted({w.score for w in words}) == sorted({float(s) for _, s in lines})
+        n_chars += sum(len(w.chars) for w in words)
+        assert all(len(w.chars) in (0, len(w.text)) for w in words)
+    assert n_chars > 0  # the characters did come
