@@ -48,7 +48,8 @@ def train_one_prompt(cfg: TrainRunConfig, which: int, steps: int, control: bool)
                 if control:
                     fake = torch.randn(batch.returns.shape, generator=noise, dtype=batch.returns.dtype)
                     fake[torch.isnan(batch.returns)] = float("nan")
-                    adv = group_advantages(fake, batch.traj.group, cfg.rl.adv_norm, clip=cfg.rl.adv_clip).float()
+                    adv = group_advantages(fake, batch.traj.group, cfg.rl.adv_norm, clip=cfg.rl.adv_clip,
+                                           std_floor=cfg.rl.adv_std_floor).float()
                 else:
                     adv = tr.local_advantages(batch)
                 upd = tr.update(batch, adv)

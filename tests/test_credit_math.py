@@ -1,5 +1,5 @@
 """The credit-assignment levers' pure math against numbers worked out by hand: leave-one-out
-baselines, per-scale Monte-Carlo advantages, per-word scores of the OCR reward and region credit."""
+baselines, the std floor, per-scale Monte-Carlo advantages, per-word scores of the OCR reward and region credit."""
 
 import math
 
@@ -14,6 +14,8 @@ from varrl.ocr import OcrChar, OcrWord, line_characters
 from varrl.rewards import CombinedReward, Reward, RewardResult
 from varrl.rewards.base import WordScore
 from varrl.rewards.text_ocr import letter_scores, text_ocr_terms, word_terms
+from varrl.trainer.config import RlConfig
+from varrl.trainer.credit import CreditInputs, advantages
 
 NAN = float("nan")
 
@@ -31,6 +33,42 @@ def test_loo_advantages_by_hand():
     # Clipping applies after the baseline, as for the other norms; flat groups give 0.
     assert group_advantages(r[:3], g[:3], "loo", clip=2.0).tolist() == [-2.0, -1.5, 2.0]
     assert group_advantages(torch.tensor([3.0, 3.0]), torch.tensor([0, 0]), "loo").tolist() == [0.0, 0.0]
+
+
+# ---- the std floor ------------------------------------------------------------------------------
+
+
+def test_std_floor_by_hand():
+    # Group 0: 2.00, 1.98 (mean 1.99, std 0.01: OCR jitter); group 1: 0.5, 1.5 (mean 1, std 0.5).
+    # Plain group norm blows group 0 up to +-1 like group 1. With a floor of 0.1 group 0 divides
+    # by 0.1 instead: +-0.01 / 0.1 = +-0.1; group 1's std is above the floor and keeps +-1.
+    r = torch.tensor([2.0, 1.98, 0.5, 1.5])
+    g = torch.tensor([0, 0, 1, 1])
+    assert torch.allclose(group_advantages(r, g, "group", eps=0.0), torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-5)
+    floored = group_advantages(r, g, "group", eps=0.0, std_floor=0.1)
+    assert torch.allclose(floored, torch.tensor([0.1, -0.1, -1.0, 1.0]), atol=1e-5)
+    # A floor of 0 is the plain std; a floor above every std is "none" divided by the floor.
+    assert torch.equal(group_advantages(r, g, "group", std_floor=0.0), group_advantages(r, g, "group"))
+    assert torch.allclose(group_advantages(r, g, "group", eps=0.0, std_floor=2.0),
+                          group_advantages(r, g, "none") / 2.0)
+    # "batch": the batch std of 2.0, 1.98, 0.5, 1.5 is about 0.612 > 0.1: unchanged; a floor of 1
+    # divides by 1: the centred rewards.
+    assert torch.equal(group_advantages(r, g, "batch", std_floor=0.1), group_advantages(r, g, "batch"))
+    assert torch.allclose(group_advantages(r, g, "batch", eps=0.0, std_floor=1.0), group_advantages(r, g, "none"))
+    # Region credit's word scores and per-scale segments take the same floor: word 0 scores 1.0
+    # and 0.96 (std 0.02 -> +-0.02 / 0.1 = +-0.2).
+    words = word_advantages([[1.0], [0.96]], torch.tensor([0, 0]), "group", std_floor=0.1)
+    assert torch.allclose(torch.cat(words), torch.tensor([0.2, -0.2], dtype=torch.float64), atol=1e-3)
+    seg = per_scale_advantages(torch.tensor([[1.0], [1.0]]), torch.tensor([2.0, 1.98]), torch.tensor([0, 0]),
+                               "group", std_floor=0.1)
+    assert torch.allclose(seg[:, 1], torch.tensor([0.1, -0.1]), atol=2e-3)
+
+
+def test_trainer_advantages_take_the_configured_floor():
+    rl = RlConfig(adv_std_floor=0.1)
+    part = CreditInputs(torch.tensor([2.0, 1.98, 0.5, 1.5]), torch.tensor([0, 0, 1, 1]), None, None)
+    adv = advantages([part], 0, None, rl, []).sample_B
+    assert torch.allclose(adv, torch.tensor([0.1, -0.1, -1.0, 1.0]), atol=2e-3)
 
 
 # ---- per-scale Monte-Carlo advantages ----------------------------------------------------------

@@ -136,6 +136,8 @@ def test_region_credit_needs_a_per_word_reward(tiny_text_dir, tmp_path, capsys):
     (["rl.region_credit.outside=nowhere"], "rl.region_credit.outside"),
     (["rl.region_credit.unit=char"], "rl.region_credit.unit"),
     (["rl.adv_norm=loo1"], "rl.adv_norm"),
+    (["rl.adv_std_floor=-0.1"], "rl.adv_std_floor"),
+    (["rl.adv_norm=loo", "rl.adv_std_floor=0.1"], "'rl.adv_std_floor' only applies when advantages are divided"),
     (["rl.last_grid=2"], "rl.last_grid does not combine with VMR"),
     (["rl.method=grpo", "rl.last_grid=4"], "rl.last_grid=4"),
     (["rl.method=grpo", "rl.last_grid=3x4"], "rl.last_grid='3x4'"),

@@ -14,9 +14,12 @@ AdvNorm = Literal["group", "batch", "none", "loo"]
 
 
 def group_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor, norm: AdvNorm = "group",
-                     eps: float = 1e-4, clip: float | None = None) -> torch.Tensor:
+                     eps: float = 1e-4, clip: float | None = None, std_floor: float = 0.0) -> torch.Tensor:
     """A_i = (R_i - mean of its group) / scale, with scale = the group's std ("group"), the std of
     the whole batch ("batch", as Flow-GRPO) or 1 ("none"). Stds are population stds (ddof 0).
+    With "group" or "batch" a std below `std_floor` counts as `std_floor`: a group whose samples
+    differ only by the reward's jitter (an OCR confidence of 0.99 against 1.00) then keeps
+    advantages of its own small size instead of being blown up to unit scale.
     "loo" (RLOO) is the leave-one-out baseline: A_i = R_i - mean of the OTHER valid rows of its
     group = n/(n-1) * (R_i - mean), n the group's valid rows; no division by a std.
 
@@ -31,11 +34,11 @@ def group_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor, norm: AdvNo
     centred_B = torch.where(valid_B, r_B - mean_G[inv], torch.zeros_like(r_B))
     if norm == "group":
         var_G = torch.zeros(G, dtype=torch.float64).index_add_(0, inv, centred_B ** 2) / count_G.clamp(min=1)
-        adv_B = centred_B / (var_G.sqrt()[inv] + eps)
+        adv_B = centred_B / (var_G.sqrt().clamp(min=std_floor)[inv] + eps)
     elif norm == "batch":
         r_valid = r_B[valid_B]
         std = r_valid.std(unbiased=False) if len(r_valid) > 1 else torch.zeros((), dtype=torch.float64)
-        adv_B = centred_B / (std + eps)
+        adv_B = centred_B / (std.clamp(min=std_floor) + eps)
     elif norm == "none":
         adv_B = centred_B
     elif norm == "loo":

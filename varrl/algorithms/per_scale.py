@@ -41,11 +41,13 @@ def segment_returns(values_BJ: torch.Tensor, rewards_B: torch.Tensor) -> torch.T
 
 
 def per_scale_advantages(values_BJ: torch.Tensor, rewards_B: torch.Tensor, group_B: torch.Tensor,
-                         norm: AdvNorm = "group", clip: float | None = None) -> torch.Tensor:
+                         norm: AdvNorm = "group", clip: float | None = None,
+                         std_floor: float = 0.0) -> torch.Tensor:
     """[B, J+1] advantages, one per segment: each column of `segment_returns` through
-    `group_advantages` (centred over the group, scaled by `norm`; NaN rows -> 0)."""
+    `group_advantages` (centred over the group, scaled by `norm` and `std_floor`; NaN rows -> 0)."""
     deltas_BS = segment_returns(values_BJ, rewards_B)
-    cols = [group_advantages(deltas_BS[:, s], group_B, norm, clip=clip) for s in range(deltas_BS.shape[1])]
+    cols = [group_advantages(deltas_BS[:, s], group_B, norm, clip=clip, std_floor=std_floor)
+            for s in range(deltas_BS.shape[1])]
     return torch.stack(cols, dim=1)
 
 

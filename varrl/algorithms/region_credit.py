@@ -23,15 +23,16 @@ Outside = Literal["image", "mask"]
 
 
 def word_advantages(scores: list[list[float]], group_B: torch.Tensor, norm: AdvNorm = "group",
-                    clip: float | None = None) -> list[torch.Tensor]:
+                    clip: float | None = None, std_floor: float = 0.0) -> list[torch.Tensor]:
     """Per row, float64 [N_i] advantages of its words: word w of the rows of one group forms one
-    group of `group_advantages` (NaN scores and words only one row has get 0)."""
+    group of `group_advantages` with `norm`, `clip` and `std_floor` (NaN scores and words only one
+    row has get 0)."""
     keys = [(int(g), w) for row, g in zip(scores, group_B.tolist()) for w in range(len(row))]
     flat = torch.tensor([s for row in scores for s in row], dtype=torch.float64)
     if not keys:
         return [flat.new_zeros(0) for _ in scores]
     _, key_K = torch.unique(torch.tensor(keys), dim=0, return_inverse=True)
-    return list(group_advantages(flat, key_K, norm, clip=clip).split([len(row) for row in scores]))
+    return list(group_advantages(flat, key_K, norm, clip=clip, std_floor=std_floor).split([len(row) for row in scores]))
 
 
 def token_advantages(word_adv: list[torch.Tensor], word_boxes: list[list[list[Box]]], image_adv_B: torch.Tensor,

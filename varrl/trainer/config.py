@@ -233,6 +233,10 @@ class RlConfig:
     baseline, A_i = R_i - mean of the other samples of the group = n/(n-1) (R_i - mean), no std"""
     adv_clip: float | None = None
     """clip advantages to +-adv_clip (null: no clipping)"""
+    adv_std_floor: float = 0.0
+    """with adv_norm group or batch: divide by max(std, adv_std_floor), so a group whose rewards
+    differ only by the reward's jitter (the OCR reward: 2.00 against 1.99) keeps small advantages
+    instead of unit-scale ones (0: plain std; in reward units, the OCR reward spans 0..2)"""
     clip_low: float = 0.2
     clip_high: float = 0.2
     kl_beta: float = 0.5
@@ -256,8 +260,12 @@ class RlConfig:
         return self.vmr.enabled and bool(self.vmr.splits)
 
     def __post_init__(self) -> None:
-        check_ranges(self, {"adv_clip": positive, "clip_low": Range(0, 1, lo_open=True, hi_open=True),
-                            "clip_high": positive, "kl_beta": at_least(0, "(0: no KL term)")})
+        check_ranges(self, {"adv_clip": positive, "adv_std_floor": at_least(0),
+                            "clip_low": Range(0, 1, lo_open=True, hi_open=True), "clip_high": positive,
+                            "kl_beta": at_least(0, "(0: no KL term)")})
+        if self.adv_std_floor > 0 and self.adv_norm not in ("group", "batch"):
+            raise FieldError("adv_std_floor", f"only applies when advantages are divided by a std (adv_norm group "
+                             f"or batch), not with adv_norm={self.adv_norm}: drop it or change adv_norm")
 
     def kl_beta_for(self, stage: str) -> float:
         """The KL coefficient of an update of `stage` ('full', 'prefix', 'suffix' or 'per_scale')."""

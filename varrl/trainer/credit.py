@@ -58,16 +58,16 @@ def advantages(parts: list[CreditInputs], rank: int, batch: StageBatch, rl: RlCo
     group = torch.cat([p.group for p in parts])
     lo = sum(len(p.returns) for p in parts[:rank])
     mine = slice(lo, lo + len(parts[rank].returns))
-    adv_B = group_advantages(returns, group, rl.adv_norm, clip=rl.adv_clip)[mine].float()
+    adv_B = group_advantages(returns, group, rl.adv_norm, clip=rl.adv_clip, std_floor=rl.adv_std_floor)[mine].float()
     if parts[rank].values is not None:
         values = torch.cat([p.values for p in parts])
-        adv_BS = per_scale_advantages(values, returns, group, rl.adv_norm, rl.adv_clip)[mine].float()
+        adv_BS = per_scale_advantages(values, returns, group, rl.adv_norm, rl.adv_clip, rl.adv_std_floor)[mine].float()
         per_step = step_advantages(adv_BS, batch.segments, batch.steps)
         return Advantages(adv_B, [a[:, None].expand(-1, grids[t][0] * grids[t][1])
                                   for a, t in zip(per_step, batch.steps)])
     if parts[rank].word_scores is not None:
         scores = [row for p in parts for row in p.word_scores]
-        word_adv = word_advantages(scores, group, rl.adv_norm, rl.adv_clip)[mine]
+        word_adv = word_advantages(scores, group, rl.adv_norm, rl.adv_clip, rl.adv_std_floor)[mine]
         mp = rl.mp
         steps = token_advantages(word_adv, [[r.boxes for r in row] for row in regions(batch, rl)], adv_B,
                                  tuple(batch.images.shape[1:3]), list(grids), batch.steps, mp.pool, mp.threshold,
