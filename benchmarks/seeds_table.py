@@ -31,9 +31,14 @@ def last_kl(report: dict) -> float:
     return max((s["last"] for s in stages.values()), default=float("nan"))
 
 
+def seeds_se(d: np.ndarray) -> float:
+    """Standard error of the mean of per-seed values (nan for one seed)."""
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+
 def change_summary(start: np.ndarray, end: np.ndarray) -> str:
     d = end - start
-    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    se = seeds_se(d)
     return f"{start.mean():.3f} -> {end.mean():.3f} (change {d.mean():+.3f} +- {se:.3f} s.e. over seeds; " \
            f"final spread {end.max() - end.min():.3f})"
 
@@ -69,8 +74,9 @@ def main() -> None:
         base = [read_run(p) for p in pairs]
         dr = np.array([r["eval"][-1]["reward_mean"] - b["eval"][-1]["reward_mean"] for r, b in zip(reports, base)])
         da = np.array([r["eval"][-1]["word_acc"] - b["eval"][-1]["word_acc"] for r, b in zip(reports, base)])
-        print(f"against --vs, seed by seed: reward {' '.join(f'{x:+.3f}' for x in dr)} (mean {dr.mean():+.3f}), "
-              f"word accuracy {' '.join(f'{x:+.3f}' for x in da)} (mean {da.mean():+.3f})")
+        print(f"against --vs, seed by seed: reward {' '.join(f'{x:+.3f}' for x in dr)} (mean {dr.mean():+.3f} "
+              f"+- {seeds_se(dr):.3f} s.e.), word accuracy {' '.join(f'{x:+.3f}' for x in da)} "
+              f"(mean {da.mean():+.3f} +- {seeds_se(da):.3f} s.e.)")
 
 
 if __name__ == "__main__":
