@@ -70,6 +70,11 @@ def main() -> None:
     q = np.quantile(sd_N, [0.1, 0.25, 0.5, 0.75, 0.9])
     print("group reward std, quantiles 10/25/50/75/90%: " + " / ".join(f"{v:.3f}" for v in q))
     print(f"exactly flat groups (advantage 0 under any norm): {flat.mean():.2f}")
+    top = max(float(f) for f in args.floors.split(","))
+    above = sd_N[sd_N >= top]
+    if len(above):
+        print(f"groups at or above the largest floor ({top}): {len(above) / len(sd_N):.2f}, "
+              f"stds {above.min():.3f} to {above.max():.3f}")
     print(f"{'floor':>6} {'groups below':>13} {'their share of sum A^2: group norm':>36} {'with the floor':>15}")
     for floor in (float(f) for f in args.floors.split(",")):
         below = (sd_N < floor) & ~flat
