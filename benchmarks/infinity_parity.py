@@ -205,7 +205,7 @@ def compare_sampler(tag: str, off, off_vae, policy, prompts, sampler, official_k
 
     grids, T, d = policy.schedule.grids, policy.schedule.num_steps, policy.bits_per_token
     cfg_list = [1 + sampler.guidance(t, T) for t in range(T)]
-    tau = [sampler.temperature] * T
+    tau = [sampler.temperature_at(t, policy.schedule) for t in range(T)]
     label = official_label(policy, prompts)
     with torch.no_grad(), no_bf16_casts(not as_released), SamplerTap() as tap:
         _, _, img_ref = off.autoregressive_infer_cfg(vae=off_vae, scale_schedule=[(1, h, w) for h, w in grids],
@@ -218,7 +218,7 @@ def compare_sampler(tag: str, off, off_vae, policy, prompts, sampler, official_k
     fed = policy.trajectory_from_tokens(prompts, bits_ref, sampler)
     with torch.no_grad():
         outs = policy.teacher_logits(fed)
-        raw = torch.cat([policy._distribution(o, cfg_list[k], sampler)[0] for k, o in enumerate(outs)], 1)
+        raw = torch.cat([policy._distribution(o, cfg_list[k], sampler, tau[k])[0] for k, o in enumerate(outs)], 1)
         close(f"{tag}: guided logits / tau, fed the official bits", raw,
               torch.cat([bit_view(r.reshape(len(prompts), -1, 2 * d)) for r in tap.raw], 1))
         lp_ref = torch.cat([token_logprobs(bit_view(c.reshape(len(prompts), -1, 2 * d)), b)

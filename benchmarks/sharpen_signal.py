@@ -12,7 +12,10 @@ by a finite difference: the same prompts and noise seeds sampled at `--temperatu
 samples at its own `sampler.temperature` T0 (no CFG, no truncation) is measured around T0: its
 logits are z / T0, beta = 1 is T0 itself, and the sharper arm defaults to 0.7 * T0. From the
 two it prints how many images the score-function estimate needs before its sign is 2 standard
-errors clear, beside the number of images the configured run samples.
+errors clear, beside the number of images the configured run samples. With a cold tail
+(`sampler.tail_after`, `sampler.tail_temperature`) the direction is the grids up to the tail (the
+sharper arm changes `sampler.temperature` only), and with `rl.last_grid` the grids the run trains:
+the other grids' scores are left out.
 
 If even this one scalar direction needs more images than a run draws, the full update (millions
 of directions, each with its own noise) cannot be expected to find a held-out gain in that run.
@@ -77,7 +80,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
         try:
-            offsets = list(tr.policy.schedule.offsets)
+            sch = tr.policy.schedule
+            # The direction: the grids the run trains that sample at T0 (not a cold tail's grids).
+            n_dir = sum(1 for k in range(tr.last) if base.temperature_at(k, sch) == T0)
+            offsets = list(sch.offsets)[: n_dir + 1]
+            tau_L = torch.tensor([base.temperature_at(k, sch) for k in range(tr.last)]).repeat_interleave(
+                torch.tensor(sch.tokens_per_step[: tr.last]))
             for b in range(args.batches):
                 records = [tr.train_prompts[b * P + i] for i in range(P)]
                 means = []
@@ -88,14 +96,16 @@ def main() -> None:
                     batch = tr.rollout(b, records)
                     means.append(float(batch.returns.nanmean()))
                     if temp == T0:
-                        with torch.no_grad():
-                            logits = tr.policy.teacher_logits(batch.traj) / T0
+                        with torch.no_grad():  # each grid's logits at the temperature it was drawn at
+                            logits = tr.policy.teacher_logits(batch.traj) / tau_L[None, :, None]
                         idx = torch.cat(batch.traj.idx, 1)
                         S = sharpen_scores(logits, idx, offsets)
                         A = centred_rewards(batch.returns.float(), batch.traj.group)
                         keep = torch.isfinite(A)
                         rows.append((A[keep, None] * S[keep]).numpy())
-                        norm.append(normalised_estimates(tr, batch, sharpen_token_scores(logits, idx), keep))
+                        s_BL = sharpen_token_scores(logits, idx)
+                        s_BL[:, offsets[-1]:] = 0.0  # tokens outside the direction have no score along it
+                        norm.append(normalised_estimates(tr, batch, s_BL, keep))
                 diffs.append(means[1] - means[0])
                 print(f"batch {b + 1}/{args.batches}: mean reward {means[0]:.3f} at temperature {T0}, "
                       f"{means[1]:.3f} at {args.temperature}", flush=True)
@@ -108,9 +118,12 @@ def main() -> None:
           f"{cfg.train.group_size})")
     print("score-function estimate (what the policy gradient sees), per image: A * S")
     print(" grid    h x w  dE[R]/dbeta    s.e.  per-image SNR")
-    grids = tr.policy.schedule.grids
+    grids, all_T = tr.policy.schedule.grids[:n_dir], tr.policy.schedule.num_steps
+    if n_dir < all_T:
+        print(f"the direction is grids 1-{n_dir}: the later grids are "
+              f"{'not trained (rl.last_grid)' if n_dir == tr.last else 'a cold tail (sampler.tail_after)'}")
     cols = [(f"{t + 1:>5}  {h:>3} x {w:<3}", G[:, t]) for t, (h, w) in enumerate(grids)]
-    cols.append(("all grids      ", G.sum(1)))
+    cols.append(("all grids      " if n_dir == all_T else f"grids 1-{n_dir:<6}", G.sum(1)))
     for name, g in cols:
         mean, sd = float(g.mean()), float(g.std(ddof=1))
         print(f"{name}  {mean:+11.4f}  {sd / np.sqrt(n):6.4f}  {mean / sd if sd > 0 else float('nan'):+13.4f}")

@@ -72,6 +72,21 @@ def test_rescored_equals_sampled(policy, mode, cfg, schedule, top_k, top_p, laye
     assert all(torch.equal(a, b) for a, b in zip(traj.idx, again.idx))
 
 
+@pytest.mark.parametrize("layer", [0, -1])
+def test_cold_tail_keeps_the_head_and_rescores(policy, layer):
+    warm = SamplerConfig(cfg=2.0, cfg_schedule="constant", top_p=0.9, temperature=0.9, logprob_mode="sampling",
+                         cfg_insertion_layer=layer)
+    cold = SamplerConfig(cfg=2.0, cfg_schedule="constant", top_p=0.9, temperature=0.9, logprob_mode="sampling",
+                         cfg_insertion_layer=layer, tail_after=4, tail_temperature=0.05)
+    a = policy.rollout(PROMPTS, n=2, sampler=warm, generator=gen(0))
+    b = policy.rollout(PROMPTS, n=2, sampler=cold, generator=gen(0))
+    assert all(torch.equal(x, y) for x, y in zip(a.idx[:4], b.idx[:4]))  # grids 1-4: as without the tail
+    assert not all(torch.equal(x, y) for x, y in zip(a.idx[4:], b.idx[4:]))
+    assert max_diff(policy.logprobs(b), b.logprobs) == 0.0  # each step re-scored at its own temperature
+    # Colder bits are surer: the tail's stored log-probs rise towards 0.
+    assert all(bool(lp_b.mean() > lp_a.mean()) for lp_a, lp_b in zip(a.logprobs[4:], b.logprobs[4:]))
+
+
 def full_pass(policy, traj, uncond: bool, stop: int | None = None, x=None, first: int = 0):
     """The official-style teacher pass: one block-causal masked pass over every token."""
     m, bits = policy.model, [b for b in policy.bits(traj)]

@@ -48,7 +48,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after, extra):
     ["rl.adv_norm=loo"],
     ["rl.method=grpo", "rl.last_grid=2"],
     ["rl.method=grpo", "rl.adv_std_floor=0.5"],
-], ids=["per_scale", "region_credit", "region_letter", "loo", "last_grid", "std_floor"])
+    ["rl.method=grpo", "rl.last_grid=2", "sampler.tail_after=2", "sampler.tail_temperature=0.05"],
+], ids=["per_scale", "region_credit", "region_letter", "loo", "last_grid", "std_floor", "cold_tail"])
 def test_resume_is_bit_identical_with_each_lever(tmp_path, extra):
     check_kill_and_resume(tmp_path, 3, extra)
 

@@ -99,7 +99,7 @@ def default_cfg(checkpoint: str | None) -> float:
     return default_sampler(checkpoint).cfg
 
 
-SAMPLER_FLAGS = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature")
+SAMPLER_FLAGS = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature", "tail_temperature", "tail_after")
 
 
 def _sampler(args: argparse.Namespace, checkpoint: str | None):
@@ -132,6 +132,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     from varrl.fileio import atomic_save_image, check_output_file, image_format
     from varrl.policy.load import load_policy
+    from varrl.policy.sampler import SamplerConfigError
     from varrl.viz import image_grid, to_uint8
 
     if args.n < 1:
@@ -147,6 +148,10 @@ def _sample(args: argparse.Namespace) -> None:
 
     check_device(args.device, "--device")
     policy = load_policy(args.checkpoint, device=_device(args.device), **_model_kwargs(args))
+    try:
+        sampler.check_schedule(policy.schedule)
+    except SamplerConfigError as e:
+        raise UsageError(f"--tail-after {e.problem}") from None
     traj = policy.rollout(args.prompt, n=args.n, sampler=sampler, generator=torch.Generator().manual_seed(args.seed))
     images = to_uint8(policy.decode(traj))
     captions = list(traj.prompts)
@@ -240,6 +245,11 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None,
                    help="(default: the run's; 0.97 for Infinity models, else 0: off)")
     p.add_argument("--temperature", type=float, default=None, help="(default: the run's, else 1)")
+    p.add_argument("--tail-temperature", type=float, default=None,
+                   help="temperature of the grids after --tail-after (default: the run's, else none: "
+                        "--temperature on every grid)")
+    p.add_argument("--tail-after", default=None,
+                   help="the last grid at --temperature: a step count, 64px or 8x8 (default: the run's)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -196,19 +196,20 @@ class InfinityPolicy:
     def _layout(self) -> dict:
         return self.model.layout(self.schedule.grids, self.rope_hw, self.device)
 
-    def _distribution(self, out: dict, cfg: float, s: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw, truncated) bit logits [B, l, d, 2] of the distribution sampling draws from."""
+    def _distribution(self, out: dict, cfg: float, s: SamplerConfig, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw, truncated) bit logits [B, l, d, 2] of the distribution sampling draws from (at
+        temperature tau: `s.temperature_at(step, schedule)`)."""
         if "mixed" in out:
-            raw = bit_view(out["mixed"]).mul(1 / s.temperature)
+            raw = bit_view(out["mixed"]).mul(1 / tau)
         else:
             raw = guided_bit_logits(bit_view(out["cond"]), None if "uncond" not in out else bit_view(out["uncond"]),
-                                    cfg, s.temperature)
+                                    cfg, tau)
         return raw, truncate_bits(raw, s.top_k, s.top_p)
 
-    def _logprobs(self, out: dict, cfg: float, s: SamplerConfig, bits_Bld: torch.Tensor) -> torch.Tensor:
+    def _logprobs(self, out: dict, cfg: float, s: SamplerConfig, tau: float, bits_Bld: torch.Tensor) -> torch.Tensor:
         if s.logprob_mode == "plain":
             return token_logprobs(bit_view(out["cond"]), bits_Bld)
-        raw, cut = self._distribution(out, cfg, s)
+        raw, cut = self._distribution(out, cfg, s, tau)
         return token_logprobs(keep_drawn(cut, raw, bits_Bld), bits_Bld)
 
     # -- rollouts ---------------------------------------------------------------------------------------
@@ -220,6 +221,7 @@ class InfinityPolicy:
         `traj.cut(m)`), up to `steps` grids in all (default: all of them)."""
         T = self.schedule.num_steps
         base, m, group, steps = rollout_origin(prompts, n, sampler, start, steps, T)
+        sampler.check_schedule(self.schedule)
         if start is None:
             self.check_prompts(base)
         mix_at = self._insertion_block(sampler)
@@ -243,10 +245,10 @@ class InfinityPolicy:
         idx_out = [i.repeat_interleave(n, 0) for i in start.idx] if start is not None else []
         lp_out = [lp.repeat_interleave(n, 0) for lp in start.logprobs] if start is not None else []
         for k in range(m, steps):
-            cfg = 1 + sampler.guidance(k, T)
+            cfg, tau = 1 + sampler.guidance(k, T), sampler.temperature_at(k, self.schedule)
             out = self._scale(st.ctxs, st.caches, k, st.x_next, cfg, mix_at)
-            bits = draw_bits(self._distribution(out, cfg, sampler)[1], generator)
-            lp_out.append(self._logprobs(out, cfg, sampler, bits))
+            bits = draw_bits(self._distribution(out, cfg, sampler, tau)[1], generator)
+            lp_out.append(self._logprobs(out, cfg, sampler, tau, bits))
             idx_out.append(pack_bits(bits))
             st.bits.append(bits)
             st.x_next = self._next_inputs(st.bits)[-1] if k + 1 < T else None
@@ -275,7 +277,7 @@ class InfinityPolicy:
         s, T = traj.sampler, self.schedule.num_steps
         bits = [b.to(self.device) for b in self.bits(traj)]
         outs = self.teacher_logits(traj, bits)
-        return [self._logprobs(outs[k], 1 + s.guidance(k, T), s, bits[k])
+        return [self._logprobs(outs[k], 1 + s.guidance(k, T), s, s.temperature_at(k, self.schedule), bits[k])
                 for k in (range(traj.num_steps) if steps is None else steps)]
 
     def teacher_logits(self, traj: Trajectory, bits: list[torch.Tensor] | None = None) -> list[dict]:

@@ -94,6 +94,7 @@ class NanoPolicy:
             raise SamplerConfigError("sampler.cfg_insertion_layer is for Infinity models; this model mixes guidance "
                                      "on the logits only (set it to 0)")
         base_prompts, m, group, steps = rollout_origin(prompts, n, sampler, start, steps, T)
+        sampler.check_schedule(self.schedule)
         if start is None:
             self.note_prompts(base_prompts)
         n_branches = 2 if sampler.uses_uncond else 1
@@ -125,9 +126,9 @@ class NanoPolicy:
         for k in range(m, steps):
             cond, *rest = [self.model.step(ctx, k, x_next, cache).float() for ctx, cache in zip(ctxs, caches)]
             uncond = rest[0] if rest else None
-            g = sampler.guidance(k, T)
-            idx = draw(sampling_logits(cond, uncond, g, sampler), generator)
-            lp_out.append(token_logprobs(cond, uncond, g, sampler, idx))
+            g, tau = sampler.guidance(k, T), sampler.temperature_at(k, self.schedule)
+            idx = draw(sampling_logits(cond, uncond, g, sampler, tau), generator)
+            lp_out.append(token_logprobs(cond, uncond, g, sampler, tau, idx))
             idx_out.append(idx)
             if k + 1 < T:
                 f_hat, x_next = self._advance(f_hat, k, idx)
@@ -156,7 +157,8 @@ class NanoPolicy:
         # a strided slice takes another multithreaded kernel that rounds differently (~1e-4).
         step = lambda lg, k: None if lg is None else lg[:, off[k]: off[k + 1]].contiguous()  # noqa: E731
         for k in range(traj.num_steps) if steps is None else steps:
-            out.append(token_logprobs(step(cond, k), step(uncond, k), s.guidance(k, T), s, idx[k]))
+            out.append(token_logprobs(step(cond, k), step(uncond, k), s.guidance(k, T), s,
+                                      s.temperature_at(k, self.schedule), idx[k]))
         return out
 
     def teacher_logits(self, traj: Trajectory, uncond: bool = False,

@@ -42,6 +42,12 @@ class SamplerConfig:
     top_p: float = 0.0
     """keep the smallest set of tokens with this total probability (0 or 1: off)"""
     temperature: float = 1.0
+    tail_temperature: float | None = None
+    """temperature of the grids after `tail_after` (null: `temperature` on every grid); a cold tail
+    makes the fine grids near-deterministic given the coarse ones, so the reward is decided by few tokens"""
+    tail_after: int | str | None = None
+    """the last grid sampled at `temperature` (a step count, `64px` or `8x8`); later grids take
+    `tail_temperature`"""
     logprob_mode: Literal["plain", "sampling"] = "plain"
     cfg_insertion_layer: int = 0
     """where guidance mixes the two branches: 0 on the logits (every model); k < 0 (Infinity
@@ -52,8 +58,14 @@ class SamplerConfig:
             check_ranges(self, {"cfg": at_least(0, "(0: no guidance)"), "top_k": at_least(0, "(0: off)"),
                                 "top_p": Range(0, 1, note="(0 or 1: off)"),
                                 "temperature": Range(0, lo_open=True),
+                                "tail_temperature": Range(0, lo_open=True),
                                 "cfg_insertion_layer": Range(hi=0, note="(0: guidance on the logits; k < 0: on the "
                                                                         "hidden states after block depth+k)")})
+            if (self.tail_temperature is None) != (self.tail_after is None):
+                given, missing = (("tail_temperature", "tail_after") if self.tail_after is None
+                                  else ("tail_after", "tail_temperature"))
+                raise FieldError(missing, f"is needed when {given} is set: set both (e.g. tail_after=8x8 "
+                                          f"tail_temperature=0.05) or neither")
             check_choice(self, "cfg_schedule", ("linear", "constant"))
             check_choice(self, "logprob_mode", ("plain", "sampling"))
         except FieldError as err:
@@ -64,6 +76,20 @@ class SamplerConfig:
         if self.cfg_schedule == "constant" or num_steps == 1:
             return self.cfg
         return self.cfg * step / (num_steps - 1)
+
+    def check_schedule(self, schedule) -> None:
+        """A `tail_after` that names no step of `schedule` is an error naming the key."""
+        if self.tail_after is not None:
+            try:
+                schedule.resolve_step(self.tail_after)
+            except ValueError as e:
+                raise SamplerConfigError("tail_after", f"is {self.tail_after!r}: {e}") from None
+
+    def temperature_at(self, step: int, schedule) -> float:
+        """Temperature of 0-based step `step` of `schedule` (whose `resolve_step` reads `tail_after`)."""
+        if self.tail_temperature is None:
+            return self.temperature
+        return self.tail_temperature if step >= schedule.resolve_step(self.tail_after) else self.temperature
 
     @property
     def uses_uncond(self) -> bool:
@@ -92,24 +118,26 @@ def truncate_logits(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch
 
 
 def _guided_logits(cond_BlV: torch.Tensor, uncond_BlV: torch.Tensor | None, g: float,
-                   s: SamplerConfig) -> torch.Tensor:
+                   tau: float) -> torch.Tensor:
     logits = cond_BlV if uncond_BlV is None or g == 0 else (1 + g) * cond_BlV - g * uncond_BlV
-    return logits / s.temperature if s.temperature != 1.0 else logits
+    return logits / tau if tau != 1.0 else logits
 
 
 def sampling_logits(cond_BlV: torch.Tensor, uncond_BlV: torch.Tensor | None, g: float,
-                    s: SamplerConfig) -> torch.Tensor:
-    """The logits of the distribution that sampling draws from at a step with guidance g."""
-    return truncate_logits(_guided_logits(cond_BlV, uncond_BlV, g, s), s.top_k, s.top_p)
+                    s: SamplerConfig, tau: float) -> torch.Tensor:
+    """The logits of the distribution that sampling draws from at a step with guidance g and
+    temperature tau (`s.temperature_at(step, schedule)`)."""
+    return truncate_logits(_guided_logits(cond_BlV, uncond_BlV, g, tau), s.top_k, s.top_p)
 
 
 def token_logprobs(cond_BlV: torch.Tensor, uncond_BlV: torch.Tensor | None, g: float,
-                   s: SamplerConfig, idx_Bl: torch.Tensor) -> torch.Tensor:
-    """Log-probs [B, l] of the tokens idx under the distribution named by s.logprob_mode."""
+                   s: SamplerConfig, tau: float, idx_Bl: torch.Tensor) -> torch.Tensor:
+    """Log-probs [B, l] of the tokens idx under the distribution named by s.logprob_mode (at a
+    step with guidance g and temperature tau)."""
     if s.logprob_mode == "plain":
         logits = cond_BlV
     else:
-        raw = _guided_logits(cond_BlV, uncond_BlV, g, s)
+        raw = _guided_logits(cond_BlV, uncond_BlV, g, tau)
         logits = truncate_logits(raw, s.top_k, s.top_p)
         if s.top_k or 0.0 < s.top_p < 1.0:
             # Re-scoring runs other batch shapes than sampling, so logits differ in the last bits

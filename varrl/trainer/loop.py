@@ -106,6 +106,8 @@ class Trainer:
         self.m = resolve_split(cfg.rl.vmr.m, self.policy.schedule) if cfg.rl.vmr.enabled else None
         self.splits = resolve_splits(cfg.rl.vmr.splits, self.policy.schedule) if cfg.rl.per_scale else None
         self.last = resolve_last_grid(cfg.rl.last_grid, self.policy.schedule)
+        if cfg.sampler.tail_after is not None:  # fail before the run directory exists, not at the first rollout
+            resolve_step(cfg.sampler.tail_after, self.policy.schedule, "sampler.tail_after")
         if cfg.rl.region_credit.enabled and not self.reward.per_word:
             raise ConfigError(f"rl.region_credit.enabled needs a reward that scores each target word (text_ocr "
                               f"with a weight other than 0); reward.weights is {dict(cfg.reward.weights)}",
