@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU checks in one command, for a session that is lent a GPU (its parts' limits add to 490 s;
+# The GPU checks in one command, for a session that is lent a GPU (its parts' limits add to 510 s;
 # nothing is downloaded there, every model is random weights in the released layouts):
 #
 #   bash benchmarks/gpu_wheels.sh                  # here, first: the wheels the device image lacks
@@ -33,9 +33,9 @@ part() {  # part LIMIT_S COMMAND...: run with a time limit, report its exit stat
   timeout "$limit" "$@"
   echo "### exit $? after $((SECONDS - start)) s"
 }
-part 90 python3 benchmarks/infinity_step.py --steps 2 policy.device=cuda
-part 90 python3 benchmarks/infinity_step.py --steps 2 policy.device=cuda policy.dtype=bfloat16
-part 180 python3 benchmarks/infinity_step.py --preset infinity_2b --schedule 1M --t5-layers 24 --steps 2 \
+part 80 python3 benchmarks/infinity_step.py --steps 2 policy.device=cuda
+part 80 python3 benchmarks/infinity_step.py --steps 2 policy.device=cuda policy.dtype=bfloat16
+part 240 python3 benchmarks/infinity_step.py --preset infinity_2b --schedule 1M --t5-layers 24 --steps 2 \
   policy.device=cuda policy.dtype=bfloat16 train.micro_batch=2 train.grad_checkpointing=true
-part 60 python3 benchmarks/var_sampler.py --device cuda --repeats 3
-part 70 python3 benchmarks/rl_step.py --steps 3 policy.device=cuda
+part 50 python3 benchmarks/var_sampler.py --device cuda --repeats 3
+part 60 python3 benchmarks/rl_step.py --steps 3 policy.device=cuda
