@@ -85,7 +85,7 @@ def main() -> None:
             line = (f"step {s + 1}: rollout {m['perf/rollout_s']:.2f} s, reward {m['perf/reward_s']:.2f} s, update "
                     f"{m['perf/update_s']:.2f} s; {tok_s:,.0f} sampled tokens/s, {m['perf/images_per_s']:.2f} img/s")
             # Re-scoring equals sampling: the update's first teacher-forced pass against the log-probs the
-            # sampler stored (float rounding: 2.3e-5 for the nano model in fp32 on a CPU; bf16 rounds more).
+            # sampler stored (float rounding: about 6e-5 for the nano model in fp32 on a CPU, rl_step.py).
             line += f"; re-scoring vs sampling: max |d log p| {m['policy/logprob_drift']:.2e}"
             if dev.type == "cuda":
                 line += f"; peak GPU memory {torch.cuda.max_memory_allocated(dev) / 1024**3:.1f} GiB"

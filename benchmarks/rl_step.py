@@ -82,6 +82,8 @@ def main() -> None:
     print(f"reward alone on one batch: {reward_alone_s:.2f} s; share hidden by the overlap: {hidden:.0%}")
     print(f"update: {flops / 1e9:.1f} GFLOP in {update_s:.2f} s = {achieved / 1e9:.1f} GFLOP/s; "
           f"torch fp32 matmul on {device}: {peak / 1e9:.1f} GFLOP/s -> {achieved / peak:.0%} of it")
+    # Re-scoring equals sampling up to float rounding: the update's first pass against the sampler's log-probs.
+    print(f"re-scoring vs sampling: max |d log p| {max(r['policy/logprob_drift'] for r in rows):.2e}")
 
 
 if __name__ == "__main__":
