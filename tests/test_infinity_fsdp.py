@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from test_infinity_train import files, rows, train_args  # noqa: F401  (files: the module's fixture)
 
 from varrl.cli import main
+from varrl.policy.load import load_policy
 
 FSDP = ("train.fsdp=true",)
 COMMON = ("train.steps=2", "train.save_every=1", "rl.method=grpo", "train.grad_checkpointing=true")
@@ -40,6 +41,7 @@ def step_rows(run, step):
             if r["step"] == step and "reward/mean" in r]
 
 
+@pytest.mark.slow
 def test_fsdp_matches_data_parallel_and_resumes_exactly(files, tmp_path):  # noqa: F811
     torchrun(*train_args(files, tmp_path, "dp", *COMMON))
     torchrun(*train_args(files, tmp_path, "fsdp", *COMMON, *FSDP))
@@ -81,3 +83,34 @@ def test_fsdp_needs_several_processes(files, tmp_path, capsys):  # noqa: F811
     assert main(train_args(files, tmp_path, "one", *FSDP)) == 2
     assert "torchrun --nproc-per-node" in capsys.readouterr().err
     assert main(["train", "train.fsdp=1"]) == 2  # a bool, not a number
+
+
+@pytest.mark.slow
+def test_fsdp_with_lora_matches_data_parallel_and_resumes_exactly(files, tmp_path):  # noqa: F811
+    # Adapters go on before sharding; the KL reference is the sharded base with them off (no copy).
+    lora = ("train.lora.rank=2", "train.lr=1e-2", "rl.kl_beta=0.1")
+    torchrun(*train_args(files, tmp_path, "dp", *COMMON, *lora))
+    torchrun(*train_args(files, tmp_path, "fsdp", *COMMON, *lora, *FSDP))
+    dp, fs = step_rows(tmp_path / "dp", 2), step_rows(tmp_path / "fsdp", 2)
+    assert len(dp) == len(fs) == 1 and fs[0]["policy/kl"] > 0
+    for k, v in dp[0].items():
+        assert fs[0][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+    model, _, _ = files
+    base = load_file(str(model))
+    for run in ("dp", "fsdp"):  # last/: the untouched base in its released layout, plus the adapters
+        assert all(torch.equal(base[k], v) for k, v in load_file(str(tmp_path / run / "last" / "model.safetensors"))
+                   .items())
+    a = load_file(str(tmp_path / "dp" / "last" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "fsdp" / "last" / "adapter.safetensors"))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert max(v.abs().max().item() for k, v in b.items() if ".lora_B." in k) > 0  # they trained
+    ckpt = tmp_path / "fsdp" / "checkpoints" / "step_00000002"
+    assert load_file(str(ckpt / "model.safetensors")).keys() == b.keys()  # adapters only, gathered whole
+    assert all(".lora_" in k for k in torch.load(ckpt / "optimizer.pt", weights_only=True)["state"])
+    assert load_policy(tmp_path / "fsdp").lora is not None  # what varrl sample --checkpoint loads
+    # Stop after one step, resume under torchrun: the same second step, bit for bit.
+    torchrun(*train_args(files, tmp_path, "part", *COMMON, *lora, *FSDP, "train.steps=1"))
+    torchrun("train", "--resume", str(tmp_path / "part"), "train.steps=2")
+    assert step_rows(tmp_path / "part", 2) == step_rows(tmp_path / "fsdp", 2)
+    c = load_file(str(tmp_path / "part" / "last" / "adapter.safetensors"))
+    assert all(torch.equal(b[k], c[k]) for k in b)

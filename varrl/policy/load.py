@@ -134,12 +134,14 @@ def _only_infinity(root: Path, given: dict, dtype: str | None) -> None:
 
 
 def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: dict | None = None,
-                keep_base: bool = False, model_state: dict[str, torch.Tensor] | None = None) -> Path:
+                keep_base: bool = False, model_state: dict[str, torch.Tensor] | None = None,
+                adapter_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `policy` as a model directory that `load_policy(dest)` reads, atomically: files go to a
     temporary sibling first, which then replaces `dest` (a crash leaves the old directory whole).
     With LoRA adapters: the base in its own layout plus adapter.safetensors; `keep_base`: `dest`
     already holds this frozen base (the caller wrote it), so link those files instead of rewriting.
-    `model_state`: the transformer's full state dict when the model itself holds shards (FSDP)."""
+    `model_state`, `adapter_state`: the transformer's full state dict (with LoRA: the base's, in its
+    own layout, and the adapters') when the model itself holds shards (FSDP)."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     if tmp.exists():
@@ -151,10 +153,12 @@ def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: di
         for name in ("model", "tokenizer"):
             if (dest / f"{name}.safetensors").exists():
                 os.link(dest / f"{name}.safetensors", tmp / f"{name}.safetensors")
-    if lora is not None:
+    if model_state is not None:
+        weights = model_state
+    elif lora is not None:  # (not needed when the base was linked above; cheap when unsharded)
         weights = lora.base_state_dict()  # the model's own layout
     else:
-        weights = policy.model.state_dict() if model_state is None else model_state
+        weights = policy.model.state_dict()
     if isinstance(policy, InfinityPolicy):
         save_infinity_policy(policy, tmp, extra, weights)
     else:
@@ -168,7 +172,8 @@ def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: di
                 save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
         atomic_write_text(tmp / "config.json", json.dumps(meta, indent=1))
     if lora is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in lora.state_dict().items()}, str(tmp / ADAPTER_FILE))
+        adapters = lora.state_dict() if adapter_state is None else adapter_state
+        save_file({k: v.detach().contiguous().cpu() for k, v in adapters.items()}, str(tmp / ADAPTER_FILE))
     write_manifest(tmp)  # last: it vouches for the finished folder
     old = dest.with_name(f".{dest.name}.old")
     if dest.exists():

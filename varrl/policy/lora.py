@@ -165,24 +165,30 @@ class LoraAdapters:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters()}
 
-    def load_state_dict(self, sd: dict[str, torch.Tensor], what: str) -> None:
-        """Copy saved adapter tensors in, strictly: the same names and shapes, or a clear error."""
+    def check_state_dict(self, sd: dict[str, torch.Tensor], what: str) -> None:
+        """Saved adapter tensors fit these adapters (the same names and full shapes), or a clear error."""
         own = dict(self.named_parameters())
         missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+        # (Under FSDP a parameter is this rank's shard; its DTensor still reports the full shape.)
         bad = [n for n in own if n in sd and sd[n].shape != own[n].shape]
         if missing or unexpected or bad:
             raise CheckpointError(
                 f"{what} does not fit the adapters (train.lora: rank {self.cfg.rank}, {len(self.cfg.targets)} "
                 f"layers): missing {missing[:2]}, unexpected {unexpected[:2]}, other shape {bad[:2]}. Use the "
                 "train.lora settings the adapters were trained with.")
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor], what: str) -> None:
+        """Copy saved adapter tensors into unsharded adapters, strictly (check_state_dict)."""
+        self.check_state_dict(sd, what)
         with torch.no_grad():
-            for n, p in own.items():
+            for n, p in self.named_parameters():
                 p.copy_(sd[n])
 
-    def base_state_dict(self) -> dict[str, torch.Tensor]:
-        """The base weights under the names the model has without adapters (a model directory's layout)."""
+    def base_state_dict(self, full: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The base weights under the names the model has without adapters (a model directory's
+        layout), taken from `full`, a state dict of the adapted model (default: its own)."""
         out = {}
-        for k, v in self.model.state_dict().items():
+        for k, v in (self.model.state_dict() if full is None else full).items():
             layer = next((t for t in self.cfg.targets if k.startswith(t + ".")), None)
             if layer is None:
                 out[k] = v

@@ -308,9 +308,6 @@ class TrainRunConfig:
 
     def __post_init__(self) -> None:
         # Each section checks its own ranges; what is left are rules that span sections.
-        if self.train.fsdp and self.train.lora.enabled:
-            raise ValueError("train.fsdp does not combine with train.lora yet (adapters would have to be attached "
-                             "before sharding, which is untested): use one of the two")
         rl = self.rl
         if rl.vmr.splits and not rl.vmr.enabled:
             raise ValueError("rl.vmr.splits needs VMR: set rl.method=var_rl or rl.vmr.enabled=true (the default "

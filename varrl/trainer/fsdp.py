@@ -75,23 +75,41 @@ def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tupl
     return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
 
 
+def adapter_state_dicts(adapters, optimizer: torch.optim.Optimizer, with_base: bool) -> tuple[dict, dict | None, dict]:
+    """A LoRA run's checkpoint: (the adapter tensors, the frozen base in the model's own layout or
+    None without `with_base`, the optimizer state dict). Sharded: a collective (every rank calls
+    it); the adapters are gathered on every rank (they are small), the base and the optimizer (keyed
+    by parameter name) on rank 0's CPU only, and the base only when asked for: it never changes."""
+    model = adapters.model
+    if not is_sharded(next(model.parameters())):
+        return adapters.state_dict(), adapters.base_state_dict() if with_base else None, optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    opts = _options(cpu_offload=True)
+    tensors = {n: full_value(t) for n, t in adapters.state_dict().items()}
+    base = adapters.base_state_dict(get_model_state_dict(model, options=opts)) if with_base else None
+    return tensors, base, get_optimizer_state_dict(model, optimizer, options=opts)
+
+
 def load_full_state_(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict,
-                     where: str) -> None:
-    """Load full state dicts (every rank passes the whole of them) into a sharded or plain model."""
+                     where: str, partial: bool = False) -> None:
+    """Load full state dicts (every rank passes the whole of them) into a sharded or plain model.
+    `partial`: `model_sd` holds only some of the model's tensors (a LoRA run's adapters, whose
+    names the caller has checked); the others keep their values."""
     from varrl.checkpoint import CheckpointError
 
     by_name = any(isinstance(k, str) for k in optim_sd.get("state", {})) or any(
         isinstance(i, str) for g in optim_sd.get("param_groups", []) for i in g.get("params", []))
     sharded = is_sharded(next(model.parameters()))
     if not sharded and not by_name:
-        model.load_state_dict(model_sd)
+        model.load_state_dict(model_sd, strict=not partial)
         optimizer.load_state_dict(optim_sd)
         return
     if sharded and not by_name:
         raise CheckpointError(f"{where} was written without train.fsdp; resume it with train.fsdp=false")
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    set_model_state_dict(model, model_sd, options=_options())
+    set_model_state_dict(model, model_sd, options=_options(strict=not partial))
     # Not strict: a parameter that never had a gradient (cfg_uncond when no update used the
     # unconditional branch) has no AdamW state, as in the unsharded optimizer's own state dict.
     set_optimizer_state_dict(model, optimizer, optim_sd, options=_options(strict=False))

@@ -28,7 +28,7 @@ from varrl.trainer.config import TrainRunConfig
 from varrl.trainer.credit import Advantages, CreditInputs, advantages
 from varrl.trainer.dist import DistInfo, barrier, gather_objects
 from varrl.trainer.evaluate import evaluate
-from varrl.trainer.fsdp import full_state_dicts, shard_policies_
+from varrl.trainer.fsdp import adapter_state_dicts, full_state_dicts, shard_policies_
 from varrl.trainer.params import frozen_reference, select_trainable
 from varrl.trainer.report import RunWriter, plot_rewards, write_report
 from varrl.trainer.state import RngState, resume_train_checkpoint, save_train_checkpoint
@@ -86,12 +86,11 @@ class Trainer:
         self.lora_checked = self.base_saved = False
         if self.lora is not None:  # only the adapters train; the reference is the base with them off
             self.ref_policy = BaseModelView(self.policy) if cfg.rl.uses_kl() else None
-            params = self.lora.parameters()
         else:
             self.ref_policy = frozen_reference(self.policy) if cfg.rl.uses_kl() else None  # frozen start
-            if tc.fsdp:  # before the optimizer: it must hold the sharded parameters
-                shard_policies_(self.policy, self.ref_policy)
-            params = select_trainable(self.policy.model, tc.trainable)
+        if tc.fsdp:  # adapters first (they shard with their layers), the optimizer after: it holds the shards
+            shard_policies_(self.policy, None if self.lora is not None else self.ref_policy)
+        params = self.lora.parameters() if self.lora is not None else select_trainable(self.policy.model, tc.trainable)
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + info.rank)  # this rank's noise
         self.train_prompts, eval_source = prompt_sources(cfg, self.policy.prompt_text)
@@ -313,7 +312,11 @@ class Trainer:
 
     def save(self, at: int) -> None:
         rngs = gather_objects(self.info, RngState.capture(self.gen))
-        model_sd, optim_sd = full_state_dicts(self.policy.model, self.optimizer)  # with FSDP: gathered on rank 0
+        if self.lora is None:  # with FSDP: gathered on rank 0
+            model_sd, optim_sd = full_state_dicts(self.policy.model, self.optimizer)
+            base_sd = model_sd
+        else:  # the adapters; the frozen base only until this session has written it once
+            model_sd, base_sd, optim_sd = adapter_state_dicts(self.lora, self.optimizer, not self.base_saved)
         if self.info.main:
             where = self.run_dir / "checkpoints"
             try:
@@ -324,10 +327,11 @@ class Trainer:
                 where = self.run_dir / "last"
                 # With adapters the base is frozen: after this session's first save only the adapters are new.
                 save_policy(self.policy, where, {"trained": {"rl_steps": at, "run": self.run_dir.name}},
-                            keep_base=self.base_saved, model_state=model_sd if self.lora is None else None)
-                self.base_saved = self.lora is not None
+                            keep_base=self.base_saved, model_state=base_sd,
+                            adapter_state=None if self.lora is None else model_sd)
             except (OSError, RuntimeError) as e:  # a full disk shows as either (torch's zip writer: RuntimeError)
                 raise CheckpointWriteError(where, at, e, self.run_dir) from e
+        self.base_saved = self.lora is not None  # on every rank: under FSDP the base's gathering is a collective
         barrier(self.info)
 
     def finish(self) -> dict | None:

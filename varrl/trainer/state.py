@@ -43,8 +43,9 @@ def save_train_checkpoint(root: Path, step: int, model_sd: dict[str, torch.Tenso
                           rngs: list[RngState], extra: dict, keep: int, adapters=None) -> Path:
     """The model's and the optimizer's full state dicts (varrl.trainer.fsdp.full_state_dicts);
     rngs: one per rank, in rank order. Tensors go to safetensors, the rest to JSON, the optimizer
-    to a .pt read back with weights_only=True. With LoRA `adapters`, model.safetensors holds only
-    the adapter tensors: the frozen base is re-read from policy.path on resume."""
+    to a .pt read back with weights_only=True. With LoRA `adapters`, `model_sd` holds only the
+    adapter tensors (varrl.trainer.fsdp.adapter_state_dicts): the frozen base is re-read from
+    policy.path on resume."""
     rng_tensors = {}
     for r, s in enumerate(rngs):
         rng_tensors[f"rank{r}.torch"] = s.torch_state
@@ -53,8 +54,7 @@ def save_train_checkpoint(root: Path, step: int, model_sd: dict[str, torch.Tenso
              "rng": [{"numpy": s.numpy_state, "python": s.python_state} for s in rngs]}
     if adapters is not None:
         state["lora"] = adapters.describe()
-    weights = model_sd if adapters is None else adapters.state_dict()
-    return save_checkpoint(root, step, {"model": weights, "rng": rng_tensors}, state, {"optimizer": optim_sd},
+    return save_checkpoint(root, step, {"model": model_sd, "rng": rng_tensors}, state, {"optimizer": optim_sd},
                            keep=keep)
 
 
@@ -70,12 +70,11 @@ def load_train_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.o
     if ("lora" in state) != (adapters is not None):
         saved = f"with LoRA (train.lora.rank={state['lora']['rank']})" if "lora" in state else "without LoRA"
         raise CheckpointError(f"{ckpt} was written {saved}; resume with the train.lora settings of the run")
-    if adapters is None:
-        load_full_state_(model, optimizer, load_tensors(ckpt / "model.safetensors"),
-                         load_object(ckpt / "optimizer.pt"), str(ckpt))
-    else:
-        adapters.load_state_dict(load_tensors(ckpt / "model.safetensors"), f"{ckpt}/model.safetensors")
-        optimizer.load_state_dict(load_object(ckpt / "optimizer.pt"))
+    weights = load_tensors(ckpt / "model.safetensors")
+    if adapters is not None:
+        adapters.check_state_dict(weights, f"{ckpt}/model.safetensors")
+    load_full_state_(model, optimizer, weights, load_object(ckpt / "optimizer.pt"), str(ckpt),
+                     partial=adapters is not None)
     rng = load_tensors(ckpt / "rng.safetensors")
     js = state["rng"][rank]
     return state, RngState(rng[f"rank{rank}.torch"], js["numpy"], js["python"], rng[f"rank{rank}.rollout"])
