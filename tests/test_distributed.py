@@ -113,6 +113,7 @@ def test_a_dead_rank_fails_the_job_instead_of_hanging(model, tmp_path):
      "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0", "rl.adv_norm=group", "rl.adv_std_floor=0.1"],
     ["rl.method=grpo", "rl.last_grid=2", "sampler.tail_after=2", "sampler.tail_temperature=0.05"],
 ], ids=["per_scale", "region_credit_loo", "region_letter_floor", "last_grid_cold_tail"])
+@pytest.mark.slow
 def test_two_processes_with_the_credit_levers(model, tmp_path, extra):
     # Values and word scores are gathered over ranks before the advantages, like the returns.
     args = torchrun(model, tmp_path, "lever", 2, "train.eval_every=0", "train.save_every=2", *extra)

@@ -33,22 +33,31 @@ LORA = ("train.lora.rank=2", "train.lora.dropout=0.1", "rl.kl_beta=0.05")
 
 
 # 0: as soon as config.yaml is written; "eval0": once the step-0 evaluation is logged, before any checkpoint
-@pytest.mark.parametrize("kill_after,extra", [(0, ()), ("eval0", ()), (3, ()), (7, ()), (5, LORA)],
-                         ids=["0", "eval0", "3", "7", "lora-5"])
+@pytest.mark.parametrize("kill_after,extra", [
+    (0, ()),
+    pytest.param("eval0", (), marks=pytest.mark.slow),
+    pytest.param(3, (), marks=pytest.mark.slow),
+    pytest.param(7, (), marks=pytest.mark.slow),
+    pytest.param(5, LORA, marks=pytest.mark.slow),
+], ids=["0", "eval0", "3", "7", "lora-5"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after, extra):
     check_kill_and_resume(tmp_path, kill_after, extra)
 
 
 # The credit-assignment levers: each knob on, killed mid-run, resumed.
+# (One lever in the default test run; all of them with -m slow, as CI runs them.)
 @pytest.mark.parametrize("extra", [
-    ["rl.vmr.splits=[1, 2]"],
-    ["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0"],
-    ["rl.method=grpo", "rl.region_credit.enabled=true", "rl.region_credit.unit=letter", "rl.region_credit.outside=mask",
-     "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0"],
+    pytest.param(["rl.vmr.splits=[1, 2]"], marks=pytest.mark.slow),
+    pytest.param(["rl.method=grpo", "rl.region_credit.enabled=true", "reward.weights={text_ocr: 1.0}",
+                  "reward.text_ocr.workers=0"], marks=pytest.mark.slow),
+    pytest.param(["rl.method=grpo", "rl.region_credit.enabled=true", "rl.region_credit.unit=letter",
+                  "rl.region_credit.outside=mask", "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0"],
+                 marks=pytest.mark.slow),
     ["rl.adv_norm=loo"],
-    ["rl.method=grpo", "rl.last_grid=2"],
-    ["rl.method=grpo", "rl.adv_std_floor=0.5"],
-    ["rl.method=grpo", "rl.last_grid=2", "sampler.tail_after=2", "sampler.tail_temperature=0.05"],
+    pytest.param(["rl.method=grpo", "rl.last_grid=2"], marks=pytest.mark.slow),
+    pytest.param(["rl.method=grpo", "rl.adv_std_floor=0.5"], marks=pytest.mark.slow),
+    pytest.param(["rl.method=grpo", "rl.last_grid=2", "sampler.tail_after=2", "sampler.tail_temperature=0.05"],
+                 marks=pytest.mark.slow),
 ], ids=["per_scale", "region_credit", "region_letter", "loo", "last_grid", "std_floor", "cold_tail"])
 def test_resume_is_bit_identical_with_each_lever(tmp_path, extra):
     check_kill_and_resume(tmp_path, 3, extra)
