@@ -6,6 +6,7 @@ real teacher-forced pass runs on meta tensors at the configured micro-batch.
     python benchmarks/infinity_memory.py                       # the table of docs/infinity.md
     python benchmarks/infinity_memory.py --preset infinity_2b --schedule 1M --micro-batch 2 --ckpt
     python benchmarks/infinity_memory.py --preset infinity_8b --ckpt --fsdp 8   # train.fsdp over 8 GPUs
+    python benchmarks/infinity_memory.py --preset infinity_8b --ckpt --lora 16  # train.lora.rank=16
 
 Columns (GiB per GPU, one process per GPU, data parallel; with --fsdp N sharded over N GPUs):
   weights    the policy's fp32 master weights (FSDP: a 1/N shard, plus the root's and two blocks'
@@ -21,6 +22,10 @@ Columns (GiB per GPU, one process per GPU, data parallel; with --fsdp N sharded 
              activations at the last scale while it is recomputed)
   kv         the rollout's KV caches for one micro-batch of images, both CFG branches, bf16
   total      weights + ref + grads + adamw + text+vae + the larger of act and kv (not held together)
+With --lora R (train.lora.rank=R on the model's default targets) the weights are the frozen base
+(fp32, as full fine-tuning keeps them), there is no ref (the KL reference is the base with the
+adapters off), and grads and adamw cover the adapters only; act is counted as for full
+fine-tuning (an upper bound: a frozen layer's backward needs no copy of its input).
 The meta device runs PyTorch's math attention, which keeps the [B, heads, l_t, L_t] attention
 probabilities for the backward; the fused attention kernels on a GPU keep O(L) instead, so `act`
 is an upper bound.
@@ -104,8 +109,16 @@ def param_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+def adapter_params(model: torch.nn.Module, rank: int) -> int:
+    """Parameters of rank-`rank` LoRA adapters on the model's default targets: r (in + out) per layer."""
+    from varrl.policy.lora import resolve_targets
+
+    layers = dict(model.named_modules())
+    return sum(rank * (layers[n].in_features + layers[n].out_features) for n in resolve_targets(model, None))
+
+
 def setup_row(preset: str, schedule: str, micro_batch: int, checkpointing: bool, fsdp: int = 1,
-              kl: bool = True) -> dict:
+              lora: int = 0, kl: bool = True) -> dict:
     with torch.device("meta"):
         model = Infinity(infinity_preset(preset))
         ref = Infinity(infinity_preset(preset))
@@ -120,10 +133,12 @@ def setup_row(preset: str, schedule: str, micro_batch: int, checkpointing: bool,
     if fsdp > 1:  # gathered while running: the root's own weights and two blocks
         block = param_bytes(model.block_list[0])
         weights += (n * 4 - block * model.cfg.depth) + 2 * block
+    trained = adapter_params(model, lora) if lora else n
     row = {"setup": f"{preset} {schedule} mb={micro_batch}{' ckpt' if checkpointing else ''}"
-                    f"{f' fsdp={fsdp}' if fsdp > 1 else ''}",
-           "weights": weights / GiB, "ref": (param_bytes(ref) / fsdp if kl else 0) / GiB,
-           "grads": n * 4 / fsdp / GiB, "adamw": n * 8 / fsdp / GiB,
+                    f"{f' fsdp={fsdp}' if fsdp > 1 else ''}{f' lora={lora}' if lora else ''}",
+           "weights": (weights + trained * 4 / fsdp * bool(lora)) / GiB,
+           "ref": (param_bytes(ref) / fsdp if kl and not lora else 0) / GiB,
+           "grads": trained * 4 / fsdp / GiB, "adamw": trained * 8 / fsdp / GiB,
            "text+vae": ((t5 or 0) * 2 + (vae or 0) * 4) / GiB, "act": act / GiB, "kv": kv / GiB}
     # The rollout's KV caches and the update's activations are never held at the same time.
     row["total"] = sum(row[k] for k in ("weights", "ref", "grads", "adamw", "text+vae")) + max(row["act"], row["kv"])
@@ -133,7 +148,8 @@ def setup_row(preset: str, schedule: str, micro_batch: int, checkpointing: bool,
 
 SETUPS = [("infinity_125m", "0.06M", 16, False), ("infinity_2b", "0.06M", 8, False),
           ("infinity_2b", "1M", 1, True), ("infinity_2b", "1M", 2, True), ("infinity_2b", "1M", 2, True, 8),
-          ("infinity_8b", "1M", 1, True), ("infinity_8b", "1M", 1, True, 8)]
+          ("infinity_8b", "1M", 1, True), ("infinity_8b", "1M", 1, True, 8),
+          ("infinity_2b", "1M", 2, True, 1, 16), ("infinity_8b", "1M", 1, True, 1, 16)]
 
 
 def main() -> None:
@@ -143,15 +159,17 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing")
     ap.add_argument("--fsdp", type=int, default=1, help="train.fsdp over this many GPUs (1: no sharding)")
+    ap.add_argument("--lora", type=int, default=0, help="train.lora.rank (0: full fine-tuning)")
     args = ap.parse_args()
-    setups = SETUPS if args.preset is None else [(args.preset, args.schedule, args.micro_batch, args.ckpt, args.fsdp)]
+    setups = SETUPS if args.preset is None else [(args.preset, args.schedule, args.micro_batch, args.ckpt, args.fsdp,
+                                                  args.lora)]
     cols = ["weights", "ref", "grads", "adamw", "text+vae", "act", "kv", "total"]
     print("| setup | params | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
     for s in setups:
         r = setup_row(*s)
         print(f"| {r['setup']} | {r['params_B']:.2f} B | " + " | ".join(f"{r[c]:.1f}" for c in cols) + " |")
-    print("GiB per GPU; full fine-tuning with AdamW, bf16 autocast and its frozen reference for the KL term.")
+    print("GiB per GPU; AdamW, bf16 autocast and a frozen reference for the KL term (with LoRA: the base itself).")
 
 
 if __name__ == "__main__":
