@@ -136,7 +136,7 @@ def setup_row(preset: str, schedule: str, micro_batch: int, checkpointing: bool,
     trained = adapter_params(model, lora) if lora else n
     row = {"setup": f"{preset} {schedule} mb={micro_batch}{' ckpt' if checkpointing else ''}"
                     f"{f' fsdp={fsdp}' if fsdp > 1 else ''}{f' lora={lora}' if lora else ''}",
-           "weights": (weights + trained * 4 / fsdp * bool(lora)) / GiB,
+           "weights": (weights + (trained * 4 / fsdp if lora else 0)) / GiB,  # with LoRA: base + adapters
            "ref": (param_bytes(ref) / fsdp if kl and not lora else 0) / GiB,
            "grads": trained * 4 / fsdp / GiB, "adamw": trained * 8 / fsdp / GiB,
            "text+vae": ((t5 or 0) * 2 + (vae or 0) * 4) / GiB, "act": act / GiB, "kv": kv / GiB}

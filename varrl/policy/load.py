@@ -153,12 +153,12 @@ def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: di
         for name in ("model", "tokenizer"):
             if (dest / f"{name}.safetensors").exists():
                 os.link(dest / f"{name}.safetensors", tmp / f"{name}.safetensors")
-    if model_state is not None:
+    if (tmp / "model.safetensors").exists():  # the base, linked above
+        weights = None
+    elif model_state is not None:
         weights = model_state
-    elif lora is not None:  # (not needed when the base was linked above; cheap when unsharded)
-        weights = lora.base_state_dict()  # the model's own layout
     else:
-        weights = policy.model.state_dict()
+        weights = policy.model.state_dict() if lora is None else lora.base_state_dict()  # the model's own layout
     if isinstance(policy, InfinityPolicy):
         save_infinity_policy(policy, tmp, extra, weights)
     else:
