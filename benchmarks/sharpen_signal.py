@@ -9,8 +9,11 @@ and S_t = d log p(image) / d beta_t, the sum over the grid's tokens of (logit of
 `train.group_size`, the real OCR reward) the script prints, per grid and in total, that estimate
 with its standard error and its per-image signal-to-noise ratio. It also measures the same slope
 by a finite difference: the same prompts and noise seeds sampled at `--temperature`. A run that
-samples at its own `sampler.temperature` T0 (no CFG, no truncation) is measured around T0: its
-logits are z / T0, beta = 1 is T0 itself, and the sharper arm defaults to 0.7 * T0. From the
+samples at its own `sampler.temperature` T0 (no CFG) is measured around T0: its logits are
+z / T0, beta = 1 is T0 itself, and the sharper arm defaults to 0.7 * T0. With truncation
+(`sampler.top_k`, `sampler.top_p`) S is scored under the truncated distribution with each
+token's set held fixed, as the update's log-probs are: a token alone in its set scores 0; the
+finite difference also sees the sets shrink as the sampler sharpens. From the
 two it prints how many images the score-function estimate needs before its sign is 2 standard
 errors clear, beside the number of images the configured run samples. With a cold tail
 (`sampler.tail_after`, `sampler.tail_temperature`) the direction is the grids up to the tail (the
@@ -35,6 +38,7 @@ import torch
 
 from varrl.config import load_config
 from varrl.eval.signal import centred_rewards, sharpen_scores, sharpen_token_scores
+from varrl.policy.sampler import rescoring_logits
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import DistInfo
 from varrl.trainer.loop import Trainer
@@ -66,8 +70,8 @@ def main() -> None:
                       apply_method_preset)
     if cfg.rl.vmr.enabled:
         ap.error("sharpen_signal.py measures full trajectories: drop the VMR overrides (it runs rl.method=grpo)")
-    if cfg.sampler.cfg or cfg.sampler.top_k or cfg.sampler.top_p:
-        ap.error("sharpen_signal.py needs a sampler without CFG or truncation: the score S is the "
+    if cfg.sampler.cfg:
+        ap.error("sharpen_signal.py needs a sampler without CFG (sampler.cfg=0): the score S is the "
                  "derivative at beta = 1 of the tempered logits z / T")
     P, base = cfg.train.prompts_per_step, cfg.sampler
     # The run's own sampling temperature T0 is beta = 1; the sharper arm draws at --temperature.
@@ -76,7 +80,7 @@ def main() -> None:
         args.temperature = round(0.7 * T0, 6)
     if not 0 < args.temperature < T0:
         ap.error(f"--temperature must be in (0, {T0}) to sharpen the run's sampler, got {args.temperature}")
-    rows, diffs, norm = [], [], []
+    rows, diffs, norm, alone = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
         try:
@@ -96,9 +100,11 @@ def main() -> None:
                     batch = tr.rollout(b, records)
                     means.append(float(batch.returns.nanmean()))
                     if temp == T0:
-                        with torch.no_grad():  # each grid's logits at the temperature it was drawn at
-                            logits = tr.policy.teacher_logits(batch.traj) / tau_L[None, :, None]
                         idx = torch.cat(batch.traj.idx, 1)
+                        with torch.no_grad():  # each grid's logits as drawn: tempered, then truncated
+                            logits = rescoring_logits(tr.policy.teacher_logits(batch.traj) / tau_L[None, :, None],
+                                                      base, idx)
+                        alone.append(float((torch.isfinite(logits[:, : offsets[-1]]).sum(-1) == 1).float().mean()))
                         S = sharpen_scores(logits, idx, offsets)
                         A = centred_rewards(batch.returns.float(), batch.traj.group)
                         keep = torch.isfinite(A)
@@ -116,6 +122,9 @@ def main() -> None:
     run_images = cfg.train.steps * P * cfg.train.group_size
     print(f"\n{n} images per arm; the configured run samples {run_images} ({cfg.train.steps} steps x {P} x "
           f"{cfg.train.group_size})")
+    if base.top_k or base.top_p:
+        print(f"truncation (top-k {base.top_k}, top-p {base.top_p}): {np.mean(alone):.1%} of the direction's "
+              "tokens are alone in their set (score 0)")
     print("score-function estimate (what the policy gradient sees), per image: A * S")
     print(" grid    h x w  dE[R]/dbeta    s.e.  per-image SNR")
     grids, all_T = tr.policy.schedule.grids[:n_dir], tr.policy.schedule.num_steps

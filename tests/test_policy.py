@@ -243,6 +243,18 @@ def test_truncate_top_p():
     assert _finite(truncate_logits(shuffled, 0, 1e-6)) == [False, True, False]
 
 
+def test_truncate_top_k_then_top_p_is_top_p_of_the_top_k_set():
+    """The fast path (top-p over the k values only) equals top-p applied to the top-k-masked logits,
+    and ties at the k-th value keep every tied token, as plain top-k does."""
+    torch.manual_seed(0)
+    for scale in (0.3, 1.0, 4.0):
+        logits = torch.randn(3, 40, 16) * scale
+        for k, p in ((2, 0.9), (5, 0.8), (1, 0.5), (3, 0.2)):
+            assert torch.equal(truncate_logits(logits, k, p), truncate_logits(truncate_logits(logits, k, 0.0), 0, p))
+    tied = torch.tensor([[[1.0, 3.0, 3.0, 3.0, 0.0]]])
+    assert _finite(truncate_logits(tied, 2, 0.9)) == [False, True, True, True, False]
+
+
 def test_guidance_schedules():
     lin = SamplerConfig(cfg=3.0, cfg_schedule="linear")
     assert [lin.guidance(k, 4) for k in range(4)] == [0.0, 1.0, 2.0, 3.0]

@@ -5,7 +5,7 @@ completions as a hand-worked ANOVA says."""
 import pytest
 import torch
 
-from varrl.eval.signal import centred_rewards, decided_share, sharpen_scores
+from varrl.eval.signal import centred_rewards, decided_share, sharpen_scores, sharpen_token_scores
 from varrl.policy.sampler import SamplerConfig
 
 PROMPTS = ['the text "OPEN" in red on a white background', 'the text "CAFE" in blue on a black background']
@@ -23,6 +23,24 @@ def test_sharpen_scores_is_the_derivative_in_beta():
         total = total + lp.gather(-1, idx_BL[:, a:b, None]).sum()
     total.backward()
     assert torch.allclose(sharpen_scores(logits_BLV, idx_BL, offsets), beta_T.grad, atol=1e-5)
+
+
+def test_sharpen_scores_hold_a_truncated_set_fixed():
+    """Truncated logits (-inf outside the top-k/top-p set), by hand: the set {1.0, 0.0} with the
+    first drawn scores 1 - (1 * s + 0 * (1 - s)), s = e / (e + 1); a token alone in its set scores 0;
+    and it is d log p / d beta with the set held fixed, as the update's truncated log-probs are."""
+    ninf = float("-inf")
+    logits = torch.tensor([[[1.0, 0.0, ninf], [2.0, ninf, ninf]]])
+    S = sharpen_token_scores(logits, torch.tensor([[0, 0]]))
+    e = torch.e
+    assert torch.allclose(S, torch.tensor([[1 - e / (e + 1), 0.0]]))
+    torch.manual_seed(1)
+    z_BLV, keep_BLV = torch.randn(2, 6, 5) * 2, torch.rand(2, 6, 5) < 0.6
+    keep_BLV[..., 0] = True
+    idx_BL = torch.distributions.Categorical(logits=z_BLV.masked_fill(~keep_BLV, ninf)).sample()
+    beta = torch.tensor(1.0, requires_grad=True)
+    (beta * z_BLV).masked_fill(~keep_BLV, ninf).log_softmax(-1).gather(-1, idx_BL[..., None]).sum().backward()
+    assert torch.allclose(sharpen_token_scores(z_BLV.masked_fill(~keep_BLV, ninf), idx_BL).sum(), beta.grad, atol=1e-5)
 
 
 def test_centred_rewards_by_hand():

@@ -12,9 +12,11 @@ from varrl.algorithms.grpo import group_advantages
 
 def sharpen_token_scores(logits_BLV: torch.Tensor, idx_BL: torch.Tensor) -> torch.Tensor:
     """[B, L]: each token's d log p / d beta at beta = 1 when its logits are multiplied by beta
-    (the drawn token's logit minus the logits' mean under the policy)."""
+    (the drawn token's logit minus the logits' mean under the policy). Truncated logits (-inf
+    outside the top-k/top-p set) score the set as fixed: a token alone in its set scores 0."""
     probs = logits_BLV.softmax(-1)
-    return logits_BLV.gather(-1, idx_BL.unsqueeze(-1)).squeeze(-1) - (probs * logits_BLV).sum(-1)
+    mean_BL = torch.where(probs > 0, probs * logits_BLV, 0.0).sum(-1)  # 0 * -inf would be NaN
+    return logits_BLV.gather(-1, idx_BL.unsqueeze(-1)).squeeze(-1) - mean_BL
 
 
 def sharpen_scores(logits_BLV: torch.Tensor, idx_BL: torch.Tensor, offsets: list[int]) -> torch.Tensor:

@@ -21,6 +21,9 @@ class EvalResult:
     images: np.ndarray  # uint8 [N, H, W, 3] (gathered from every rank)
     captions: list[str]
     boxes: list[list] | None  # per image, the regions the reward returned
+    scores_P: np.ndarray  # per prompt, the reward (NaN: not applicable), for paired comparisons
+    words_right_P: np.ndarray | None  # per prompt, target words read right (NaN: no words or no reading;
+    #                                   None: the reward reads no text)
 
 
 def standard_error(x: np.ndarray) -> float | None:
@@ -49,12 +52,15 @@ def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: 
     # Word accuracy and NED pooled over target words (a 2-word prompt counts twice), when the
     # reward reads text; other rewards report them as null.
     n_words = np.array([len(r.words) for r in records], dtype=np.float64)
+    words_right_P = None
     for key in ("word_acc", "ned"):
         comp = next((v for k, v in res.components.items() if k.endswith("/" + key)), None)
         ok = None if comp is None else np.isfinite(comp) & (n_words > 0)
         metrics[key] = None
         if ok is not None and ok.any():
             metrics[key] = float((comp[ok] * n_words[ok]).sum() / n_words[ok].sum())
+        if key == "word_acc" and ok is not None:
+            words_right_P = np.where(ok, comp * n_words, np.nan)
     for k, v in res.components.items():
         if np.isfinite(v).any():
             metrics[f"reward/{k}"] = float(np.nanmean(v))
@@ -62,4 +68,4 @@ def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: 
     for i, r in enumerate(records):
         read = "" if res.texts is None else " | read: " + " ".join(res.texts[i])
         captions.append(f"{r.prompt} | R={res.scores[i]:.2f}{read}")
-    return EvalResult(metrics, images, captions, res.boxes)
+    return EvalResult(metrics, images, captions, res.boxes, np.asarray(res.scores, np.float64), words_right_P)

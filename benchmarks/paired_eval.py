@@ -1,0 +1,100 @@
+"""What did training change, read against its own error? A paired held-out evaluation of finished runs.
+
+For each run directory the script evaluates the model the run started from and the run's final
+model (`<run>/last`) on the run's held-out prompts, with the same noise seeds on both sides, and
+prints the paired change in reward and word accuracy with its standard error over prompts
+(`varrl.eval.paired`). Then, over the runs (seeds of one configuration), the mean change with its
+standard error over seeds, and the spread of the final rewards. A run's own step-0 and final
+evaluations draw one noise seed each; averaging several takes the sampling luck out of both ends.
+Every model samples with its run's own sampler settings (config.yaml), so a run that samples
+sharper is compared with the untrained model at that same setting.
+
+    python benchmarks/paired_eval.py runs/seed0 runs/seed1 runs/seed2 [--noise-seeds 0,1,2,3] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from varrl.config import load_config
+from varrl.config_types import to_dict
+from varrl.eval.paired import paired_change
+from varrl.trainer.config import TrainRunConfig, apply_method_preset
+from varrl.trainer.dist import DistInfo
+from varrl.trainer.evaluate import evaluate
+from varrl.trainer.loop import Trainer
+
+
+def evaluations(cfg: TrainRunConfig, seeds: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+    """[S, P] rewards and words read right at each noise seed, the prompts' word counts, and each
+    seed's word accuracy as the run's own evaluation reports it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
+        try:
+            res = [evaluate(tr.policy, tr.eval_records, cfg.sampler, s, tr.reward, cfg.train.micro_batch, DistInfo())
+                   for s in seeds]
+            n_words = np.array([len(r.words) for r in tr.eval_records], dtype=np.float64)
+        finally:
+            tr.reward.close()
+    if res[0].words_right_P is None:
+        raise SystemExit("paired_eval.py needs a reward that reads text (text_ocr) for its word accuracy")
+    acc = [float(r.metrics["word_acc"]) for r in res]
+    return np.stack([r.scores_P for r in res]), np.stack([r.words_right_P for r in res]), n_words, acc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path, help="finished run directories (one configuration, several seeds)")
+    ap.add_argument("--noise-seeds", default="0,1,2,3",
+                    help="evaluation noise seeds (0 is what a run's own evaluations use)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides for every model's evaluation, e.g. train.threads=2 train.eval_prompts=256")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.noise_seeds.split(",")]
+    cfgs = []
+    for run in args.runs:
+        if not (run / "config.yaml").is_file() or not (run / "last").is_dir():
+            raise SystemExit(f"{run}: not a finished run directory (needs config.yaml and last/)")
+        cfgs.append(load_config(TrainRunConfig, run / "config.yaml", args.set, apply_method_preset))
+    # The runs must share what the start's evaluation depends on, or one start would not pair with all.
+    shared = ("policy", "sampler", "reward", "data")
+    for run, cfg in zip(args.runs[1:], cfgs[1:]):
+        for key in shared:
+            if to_dict(getattr(cfg, key)) != to_dict(getattr(cfgs[0], key)):
+                raise SystemExit(f"{run}: its `{key}` section differs from {args.runs[0]}'s, so one start cannot "
+                                 f"pair with both: compare runs of one configuration")
+        if (cfg.train.eval_seed, cfg.train.eval_prompts) != (cfgs[0].train.eval_seed, cfgs[0].train.eval_prompts):
+            raise SystemExit(f"{run}: train.eval_seed / train.eval_prompts differ from {args.runs[0]}'s")
+    start_r, start_w, n_words, start_acc = evaluations(cfgs[0], seeds)
+    print(f"start ({cfgs[0].policy.path or 'the shipped nano model'}), {len(n_words)} prompts, noise seeds {seeds}: "
+          f"reward {np.nanmean(start_r):.3f}, word accuracy {np.mean(start_acc):.3f}", flush=True)
+    print("\n| run | held-out reward, start -> end | paired change (s.e.) | word accuracy, start -> end | "
+          "paired change (s.e.) |\n| --- | --- | --- | --- | --- |")
+    ends, d_r, d_w = [], [], []
+    for run, cfg in zip(args.runs, cfgs):
+        cfg.policy.path = str(run / "last")
+        end_r, end_w, _, end_acc = evaluations(cfg, seeds)
+        (cr, sr, _), (cw, sw, _) = paired_change(start_r, end_r), paired_change(start_w, end_w, n_words)
+        ends.append(float(np.nanmean(end_r)))
+        d_r.append(cr)
+        d_w.append(cw)
+        print(f"| {run.name} | {np.nanmean(start_r):.3f} -> {ends[-1]:.3f} | {cr:+.3f} ({sr:.3f}) | "
+              f"{np.mean(start_acc):.3f} -> {np.mean(end_acc):.3f} | {cw:+.3f} ({sw:.3f}) |", flush=True)
+    if len(args.runs) > 1:
+        R = len(args.runs)
+        se_r, se_w = np.std(d_r, ddof=1) / np.sqrt(R), np.std(d_w, ddof=1) / np.sqrt(R)
+        spread = max(ends) - min(ends)
+        print(f"\nover {R} runs: reward change {np.mean(d_r):+.3f} +- {se_r:.3f} (s.e. over runs; "
+              f"{sum(d > 0 for d in d_r)} of {R} higher), final spread {spread:.3f}; word accuracy change "
+              f"{np.mean(d_w):+.3f} +- {se_w:.3f}")
+        clear = np.mean(d_r) > max(2 * se_r, spread) and np.mean(d_w) > 2 * se_w
+        print(f"the reward change is {'' if clear else 'not '}beyond 2 s.e. and the spread between runs, "
+              f"with word accuracy beyond 2 s.e.")
+
+
+if __name__ == "__main__":
+    main()
