@@ -1,6 +1,8 @@
 #!/bin/bash
 # The nano ablation of docs/ablation-nano.md at the current default (GRPO's settings: rl.kl_beta 0.5,
-# train.lr 1e-5, temperature 0.7 with sampling log-probs, 128 held-out prompts): 60 updates per run,
+# train.lr 1e-5, temperature 0.7 with top-k 2 / top-p 0.9 and sampling log-probs, 128 held-out
+# prompts; the table in docs/ablation-nano.md ran before the truncation was the default: append
+# sampler.top_k=0 sampler.top_p=0 to reproduce it): 60 updates per run,
 # held-out evaluation at steps 0 and 60 only, one torch thread per run so that three runs share the
 # 2 cores (a run at another thread count draws other tokens from the same seed). Every cell but grpo
 # is var_rl with one change, as in ablation_nano.sh. Resumable: rerun it after an interruption.

@@ -91,9 +91,11 @@ def main() -> None:
         print(f"\nover {R} runs: reward change {np.mean(d_r):+.3f} +- {se_r:.3f} (s.e. over runs; "
               f"{sum(d > 0 for d in d_r)} of {R} higher), final spread {spread:.3f}; word accuracy change "
               f"{np.mean(d_w):+.3f} +- {se_w:.3f}")
-        clear = np.mean(d_r) > max(2 * se_r, spread) and np.mean(d_w) > 2 * se_w
-        print(f"the reward change is {'' if clear else 'not '}beyond 2 s.e. and the spread between runs, "
-              f"with word accuracy beyond 2 s.e.")
+        up_r = np.mean(d_r) > max(2 * se_r, spread)
+        up_w = np.mean(d_w) > 2 * se_w
+        print(f"reward: the change is {'' if up_r else 'not '}a gain beyond 2 s.e. ({2 * se_r:.3f}) and the spread "
+              f"between runs ({spread:.3f}); word accuracy: {'' if up_w else 'not '}a gain beyond 2 s.e. "
+              f"({2 * se_w:.3f})")
 
 
 if __name__ == "__main__":

@@ -99,9 +99,9 @@ def test_partial_section_keeps_factory_defaults() -> None:
 def test_nano_sampler_override_keeps_no_guidance() -> None:
     from varrl.trainer.config import TrainRunConfig, apply_method_preset
 
-    cfg = load_config(TrainRunConfig, None, ["sampler.top_k=2", "data.synth.region_mix={'2': 1.0}"],
+    cfg = load_config(TrainRunConfig, None, ["sampler.top_k=3", "data.synth.region_mix={'2': 1.0}"],
                       apply_method_preset)
-    assert cfg.sampler.cfg == 0.0 and cfg.sampler.top_k == 2
+    assert cfg.sampler.cfg == 0.0 and cfg.sampler.top_k == 3 and cfg.sampler.top_p == 0.9
     assert cfg.data.synth.layout == "cells" and cfg.data.synth.region_mix == {"2": 1.0}
 
 
