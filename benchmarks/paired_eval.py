@@ -15,10 +15,14 @@ sharper is compared with the untrained model at that same setting.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seeds_table import seeds_se  # noqa: E402
 
 from varrl.config import load_config
 from varrl.config_types import to_dict
@@ -86,7 +90,7 @@ def main() -> None:
               f"{np.mean(start_acc):.3f} -> {np.mean(end_acc):.3f} | {cw:+.3f} ({sw:.3f}) |", flush=True)
     if len(args.runs) > 1:
         R = len(args.runs)
-        se_r, se_w = np.std(d_r, ddof=1) / np.sqrt(R), np.std(d_w, ddof=1) / np.sqrt(R)
+        se_r, se_w = seeds_se(np.array(d_r)), seeds_se(np.array(d_w))
         spread = max(ends) - min(ends)
         print(f"\nover {R} runs: reward change {np.mean(d_r):+.3f} +- {se_r:.3f} (s.e. over runs; "
               f"{sum(d > 0 for d in d_r)} of {R} higher), final spread {spread:.3f}; word accuracy change "
