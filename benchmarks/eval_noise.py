@@ -14,16 +14,12 @@ when the same model samples more greedily: roughly what sharpening alone could b
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from varrl.config import load_config
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
-from varrl.trainer.dist import DistInfo
-from varrl.trainer.evaluate import evaluate
-from varrl.trainer.loop import Trainer
+from varrl.trainer.reeval import evaluate_at_seeds
 
 
 def main() -> None:
@@ -37,21 +33,16 @@ def main() -> None:
         ap.error("--noise-seeds needs at least two seeds to measure a spread, e.g. --noise-seeds 0,1,2")
     for temp in [float(t) for t in args.temperatures.split(",")]:
         cfg = load_config(TrainRunConfig, None, [*args.overrides, f"sampler.temperature={temp}"], apply_method_preset)
-        with tempfile.TemporaryDirectory() as tmp:
-            tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
-            try:
-                means, accs = [], []
-                for seed in seeds:
-                    # The prompts stay those of train.eval_seed; only the sampling noise changes.
-                    m = evaluate(tr.policy, tr.eval_records, cfg.sampler, seed, tr.reward, cfg.train.micro_batch,
-                                 DistInfo()).metrics
-                    means.append(m["reward_mean"])
-                    accs.append(m["word_acc"])
-                    print(f"temperature {temp}, noise seed {seed}: reward {m['reward_mean']:.3f} +- "
-                          f"{m['reward_sem']:.3f} (s.e.), word accuracy {m['word_acc']:.3f}", flush=True)
-            finally:
-                tr.reward.close()
-        print(f"temperature {temp}, {len(tr.eval_records)} prompts: reward {np.mean(means):.3f}, std over "
+
+        def show(seed, res, temp=temp):
+            m = res.metrics
+            print(f"temperature {temp}, noise seed {seed}: reward {m['reward_mean']:.3f} +- "
+                  f"{m['reward_sem']:.3f} (s.e.), word accuracy {m['word_acc']:.3f}", flush=True)
+
+        results, records = evaluate_at_seeds(cfg, seeds, show)
+        means = [r.metrics["reward_mean"] for r in results]
+        accs = [r.metrics["word_acc"] for r in results]
+        print(f"temperature {temp}, {len(records)} prompts: reward {np.mean(means):.3f}, std over "
               f"{len(seeds)} noise seeds {np.std(means, ddof=1):.3f}; word accuracy {np.mean(accs):.3f} "
               f"(std {np.std(accs, ddof=1):.3f})", flush=True)
 

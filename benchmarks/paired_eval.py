@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,22 +27,14 @@ from varrl.config import load_config
 from varrl.config_types import to_dict
 from varrl.eval.paired import paired_change
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
-from varrl.trainer.dist import DistInfo
-from varrl.trainer.evaluate import evaluate
-from varrl.trainer.loop import Trainer
+from varrl.trainer.reeval import evaluate_at_seeds
 
 
 def evaluations(cfg: TrainRunConfig, seeds: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """[S, P] rewards and words read right at each noise seed, the prompts' word counts, and each
     seed's word accuracy as the run's own evaluation reports it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, Path(tmp), DistInfo(), resume=False)
-        try:
-            res = [evaluate(tr.policy, tr.eval_records, cfg.sampler, s, tr.reward, cfg.train.micro_batch, DistInfo())
-                   for s in seeds]
-            n_words = np.array([len(r.words) for r in tr.eval_records], dtype=np.float64)
-        finally:
-            tr.reward.close()
+    res, records = evaluate_at_seeds(cfg, seeds)
+    n_words = np.array([len(r.words) for r in records], dtype=np.float64)
     if res[0].words_right_P is None:
         raise SystemExit("paired_eval.py needs a reward that reads text (text_ocr) for its word accuracy")
     acc = [float(r.metrics["word_acc"]) for r in res]

@@ -300,10 +300,13 @@ class Trainer:
 
     def evaluate(self, at: int) -> None:
         tc = self.cfg.train
+        t0 = time.perf_counter()
         res = evaluate(self.policy, self.eval_records, self.cfg.sampler, eval_seed(self.cfg), self.reward,
                        tc.micro_batch, self.info)
         if self.writer is not None:
-            self.writer.metrics(at, {f"eval/{k}": v for k, v in res.metrics.items()})
+            # perf/eval_s: what an evaluation costs, to weigh train.eval_every against a run's wall time.
+            self.writer.metrics(at, {**{f"eval/{k}": v for k, v in res.metrics.items()},
+                                     "perf/eval_s": time.perf_counter() - t0})
             self.writer.samples(at, res.images, res.captions, tc.samples_in_grid)
             if self.cfg.rl.mp.enabled:
                 self.writer.mask_sheet(at, res.images, res.boxes, list(self.policy.schedule.grids), self.cfg.rl.mp)
