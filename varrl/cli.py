@@ -361,13 +361,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; errors end in one line on stderr (exit 2: bad input, 1: the run or the
     system failed), tracebacks only with --debug or VARRL_DEBUG=1."""
     from varrl.errors import describe
+    from varrl.stop import Stopped, as_stopped, sigterm_stops
 
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        with sigterm_stops():
+            args.func(args)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: a stop asked for, not a failure
+        stop = e if isinstance(e, Stopped) else as_stopped(e, "")
+        print(f"varrl {args.command}: stopped by {stop.how}" + (f"; {stop.hint}" if stop.hint else ""),
+              file=sys.stderr)
+        return stop.exit_code
     except Exception as e:
         if debug_requested(args):
             raise

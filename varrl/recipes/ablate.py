@@ -72,6 +72,7 @@ def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | N
                  overrides: list[str], cell_specs: list[str] | None = None,
                  report_only: bool = False, reference: str | None = None) -> Path:
     from varrl.recipes.train import run_train
+    from varrl.stop import as_stopped
 
     cells = (parse_grid(grid) if grid or not cell_specs else []) + parse_cells(cell_specs or [])
     names = [c.name for c in cells]
@@ -90,11 +91,15 @@ def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | N
             run_dir = root / cell.name / f"seed{seed}"
             if (run_dir / "report.json").exists():
                 continue
-            if (run_dir / "config.yaml").exists():
-                run_train(None, [], str(run_dir))
-            else:
-                run_train(config, [*overrides, *cell.overrides, *extra, f"run.dir={root / cell.name}",
-                                   f"run.name=seed{seed}", f"run.seed={seed}"], None)
+            try:
+                if (run_dir / "config.yaml").exists():
+                    run_train(None, [], str(run_dir))
+                else:
+                    run_train(config, [*overrides, *cell.overrides, *extra, f"run.dir={root / cell.name}",
+                                       f"run.name=seed{seed}", f"run.seed={seed}"], None)
+            except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the grid goes on from here when rerun
+                raise as_stopped(e, "run the same varrl ablate command again to go on: finished runs are "
+                                    f"skipped and {run_dir} picks up where it stopped") from None
     summarize(root, cells, seeds, reference)
     return root
 

@@ -123,6 +123,7 @@ def export_run(run_dir: str, dest: str, overrides: list[str]) -> Path:
 
 def run_pretrain(config_path: str | None, overrides: list[str], resume: str | None) -> Path:
     from varrl.rundir import RunDirError, RunLock
+    from varrl.stop import as_stopped
 
     if resume:
         run_dir = Path(resume)
@@ -139,7 +140,10 @@ def run_pretrain(config_path: str | None, overrides: list[str], resume: str | No
         run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir, lambda text: print(f"varrl pretrain: warning: {text}", file=sys.stderr)):
         save_config(cfg, run_dir / "config.yaml")
-        _pretrain_stages(cfg, run_dir)
+        try:
+            _pretrain_stages(cfg, run_dir)
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say how to go on
+            raise as_stopped(e, f"varrl pretrain --resume {run_dir} goes on from its last checkpoint") from None
     return run_dir
 
 

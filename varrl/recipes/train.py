@@ -7,6 +7,7 @@ from pathlib import Path
 
 from varrl.config import load_config, save_config
 from varrl.rundir import RunDirError, RunLock
+from varrl.stop import as_stopped
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
 from varrl.trainer.dist import barrier, close_distributed, gather_objects, init_distributed
 
@@ -68,6 +69,8 @@ def run_train(config_path: str | None, overrides: list[str], resume: str | None)
             lock, created = _on_rank0(info, lambda: _create_run(cfg, run_dir)) or (None, False)
         trainer.open()
         report = trainer.run()
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say how to go on, once the run is ours to name
+        raise as_stopped(e, _resume_hint(run_dir) if lock is not None else "") from None
     except Exception as e:
         if not resume and lock is not None and _is_user_error(e) and not started_training(run_dir):
             lock.release()
@@ -79,6 +82,12 @@ def run_train(config_path: str | None, overrides: list[str], resume: str | None)
             lock.release()
         close_distributed()
     return run_dir, report
+
+
+def _resume_hint(run_dir: Path) -> str:
+    step = steps_done(run_dir)
+    where = f"from its checkpoint at step {step}" if step else "from step 0 (no step was checkpointed yet)"
+    return f"varrl train --resume {run_dir} goes on {where}"
 
 
 def _warn(text: str) -> None:
