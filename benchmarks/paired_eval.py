@@ -10,6 +10,10 @@ Every model samples with its run's own sampler settings (config.yaml), so a run 
 sharper is compared with the untrained model at that same setting.
 
     python benchmarks/paired_eval.py runs/seed0 runs/seed1 runs/seed2 [--noise-seeds 0,1,2,3] [--set key=value ...]
+    python benchmarks/paired_eval.py runs/ablation_default/{no_vmr,no_mp}/seed{0,1,2}   # one summary per folder
+
+Runs in one folder are taken as seeds of one configuration: with runs from several folders (the
+cells of `varrl ablate`) the start is evaluated once and each folder gets its own summary.
 """
 
 from __future__ import annotations
@@ -70,6 +74,11 @@ def main() -> None:
     print("\n| run | held-out reward, start -> end | paired change (s.e.) | word accuracy, start -> end | "
           "paired change (s.e.) |\n| --- | --- | --- | --- | --- |")
     ends, d_r, d_w = [], [], []
+    several = len({run.resolve().parent for run in args.runs}) > 1
+
+    def label(run: Path) -> str:  # seed0 of two cells would read alike
+        return f"{run.resolve().parent.name}/{run.name}" if several else run.name
+
     for run, cfg in zip(args.runs, cfgs):
         cfg.policy.path = str(run / "last")
         end_r, end_w, _, end_acc = evaluations(cfg, seeds)
@@ -77,20 +86,32 @@ def main() -> None:
         ends.append(float(np.nanmean(end_r)))
         d_r.append(cr)
         d_w.append(cw)
-        print(f"| {run.name} | {np.nanmean(start_r):.3f} -> {ends[-1]:.3f} | {cr:+.3f} ({sr:.3f}) | "
+        print(f"| {label(run)} | {np.nanmean(start_r):.3f} -> {ends[-1]:.3f} | {cr:+.3f} ({sr:.3f}) | "
               f"{np.mean(start_acc):.3f} -> {np.mean(end_acc):.3f} | {cw:+.3f} ({sw:.3f}) |", flush=True)
-    if len(args.runs) > 1:
-        R = len(args.runs)
-        se_r, se_w = seeds_se(np.array(d_r)), seeds_se(np.array(d_w))
-        spread = max(ends) - min(ends)
-        print(f"\nover {R} runs: reward change {np.mean(d_r):+.3f} +- {se_r:.3f} (s.e. over runs; "
-              f"{sum(d > 0 for d in d_r)} of {R} higher), final spread {spread:.3f}; word accuracy change "
-              f"{np.mean(d_w):+.3f} +- {se_w:.3f}")
-        up_r = np.mean(d_r) > max(2 * se_r, spread)
-        up_w = np.mean(d_w) > 2 * se_w
-        print(f"reward: the change is {'' if up_r else 'not '}a gain beyond 2 s.e. ({2 * se_r:.3f}) and the spread "
-              f"between runs ({spread:.3f}); word accuracy: {'' if up_w else 'not '}a gain beyond 2 s.e. "
-              f"({2 * se_w:.3f})")
+    # Runs in one folder are seeds of one configuration (runs/<cell>/seed<k> for varrl ablate): one
+    # summary per folder, so several cells share the one evaluation of the start.
+    groups: dict[Path, list[int]] = {}
+    for i, run in enumerate(args.runs):
+        groups.setdefault(run.resolve().parent, []).append(i)
+    for folder, idx in groups.items():
+        if len(idx) > 1:
+            summarize([d_r[i] for i in idx], [d_w[i] for i in idx], [ends[i] for i in idx],
+                      folder.name if len(groups) > 1 else None)
+
+
+def summarize(d_r: list[float], d_w: list[float], ends: list[float], name: str | None) -> None:
+    """The mean change over one configuration's runs, its s.e. over runs, and whether it is a gain."""
+    R = len(d_r)
+    se_r, se_w = seeds_se(np.array(d_r)), seeds_se(np.array(d_w))
+    spread = max(ends) - min(ends)
+    print(f"\n{name + ': ' if name else ''}over {R} runs: reward change {np.mean(d_r):+.3f} +- {se_r:.3f} (s.e. over "
+          f"runs; {sum(d > 0 for d in d_r)} of {R} higher), final {np.mean(ends):.3f}, final spread {spread:.3f}; "
+          f"word accuracy change {np.mean(d_w):+.3f} +- {se_w:.3f}")
+    up_r = np.mean(d_r) > max(2 * se_r, spread)
+    up_w = np.mean(d_w) > 2 * se_w
+    print(f"reward: the change is {'' if up_r else 'not '}a gain beyond 2 s.e. ({2 * se_r:.3f}) and the spread "
+          f"between runs ({spread:.3f}); word accuracy: {'' if up_w else 'not '}a gain beyond 2 s.e. "
+          f"({2 * se_w:.3f})")
 
 
 if __name__ == "__main__":

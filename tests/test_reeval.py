@@ -31,3 +31,15 @@ def test_noise_seed_zero_reproduces_the_runs_step_zero(tiny_text_dir, tmp_path):
     assert means[2] == means[0]  # a noise seed is a fixed draw
     assert means[1] != means[0]  # another seed is other noise on the same prompts
     assert results[0].scores_P.shape == (3,)
+
+
+def test_words_read_right_per_prompt_add_up_to_the_word_accuracy():
+    # The shipped nano model spells: on these 12 prompts some words are read right and some not.
+    cfg = load_config(TrainRunConfig, None, ["train.eval_prompts=12", "train.threads=1", "reward.text_ocr.workers=0"],
+                      apply_method_preset)
+    (res,), records = evaluate_at_seeds(cfg, [0])
+    n_words = [len(r.words) for r in records]
+    right = res.words_right_P
+    assert right.shape == (12,) and all(0 <= w <= n for w, n in zip(right, n_words))
+    assert 0 < res.metrics["word_acc"] < 1
+    assert res.metrics["word_acc"] == pytest.approx(right.sum() / sum(n_words))

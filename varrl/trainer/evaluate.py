@@ -52,15 +52,15 @@ def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: 
     # Word accuracy and NED pooled over target words (a 2-word prompt counts twice), when the
     # reward reads text; other rewards report them as null.
     n_words = np.array([len(r.words) for r in records], dtype=np.float64)
-    words_right_P = None
+    per_prompt = {}  # key -> per prompt, that fraction times the prompt's words (NaN: not read)
     for key in ("word_acc", "ned"):
         comp = next((v for k, v in res.components.items() if k.endswith("/" + key)), None)
-        ok = None if comp is None else np.isfinite(comp) & (n_words > 0)
-        metrics[key] = None
-        if ok is not None and ok.any():
-            metrics[key] = float((comp[ok] * n_words[ok]).sum() / n_words[ok].sum())
-        if key == "word_acc" and ok is not None:
-            words_right_P = np.where(ok, comp * n_words, np.nan)
+        if comp is not None:
+            per_prompt[key] = np.where(np.isfinite(comp) & (n_words > 0), comp * n_words, np.nan)
+        read = None if comp is None else np.isfinite(per_prompt[key])
+        metrics[key] = float(np.nansum(per_prompt[key]) / n_words[read].sum()) if read is not None and read.any() \
+            else None
+    words_right_P = per_prompt.get("word_acc")
     for k, v in res.components.items():
         if np.isfinite(v).any():
             metrics[f"reward/{k}"] = float(np.nanmean(v))
