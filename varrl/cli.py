@@ -52,7 +52,7 @@ def default_sampler(checkpoint: str | None):
     own `sampler` (the run directory or its last/: sample as it trained), Infinity's official one
     for an Infinity model (`--cfg 3` as Infinity counts it = cfg 2, constant, top-p 0.97), guidance
     1.5 for a published VAR checkpoint (file or converted directory), else the nano model's rollout
-    default (no guidance, temperature 0.7: it reads best that way)."""
+    default (no guidance, temperature 0.7, top-k 2 / top-p 0.9: it reads best that way)."""
     from pathlib import Path
 
     from varrl.config import load_config
@@ -241,10 +241,13 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
                    "VAR checkpoints, 0 for the nano model)")
     p.add_argument("--cfg-schedule", choices=["linear", "constant"], default=None,
                    help="(default: the run's; constant for Infinity models, else linear)")
-    p.add_argument("--top-k", type=int, default=None, help="(default: the run's, else 0: off)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="keep the k likeliest tokens (default: the run's; 2 for the nano model, else 0: off)")
     p.add_argument("--top-p", type=float, default=None,
-                   help="(default: the run's; 0.97 for Infinity models, else 0: off)")
-    p.add_argument("--temperature", type=float, default=None, help="(default: the run's, else 1)")
+                   help="keep the likeliest tokens up to this probability mass (default: the run's; 0.9 for the "
+                        "nano model, 0.97 for Infinity models, else 0: off)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="(default: the run's; 0.7 for the nano model, else 1)")
     p.add_argument("--tail-temperature", type=float, default=None,
                    help="temperature of the grids after --tail-after (default: the run's, else none: "
                         "--temperature on every grid)")
