@@ -4,11 +4,12 @@
 # prompts; the table in docs/ablation-nano.md ran before the truncation was the default: append
 # sampler.top_k=0 sampler.top_p=0 to reproduce it): 60 updates per run,
 # held-out evaluation at steps 0 and 60 only, one torch thread per run so that three runs share the
-# 2 cores (a run at another thread count draws other tokens from the same seed). Every cell but grpo
-# is var_rl with one change, as in ablation_nano.sh. Resumable: rerun it after an interruption.
-#   bash benchmarks/ablation_nano_default.sh                      # all cells, 3 seeds, one run after another
+# 2 cores (a run at another thread count draws other tokens from the same seed), JOBS (default 3) side by
+# side. Every cell but grpo is var_rl with one change, as in ablation_nano.sh. Resumable: rerun it after
+# an interruption (Ctrl-C stops the runs at their last step).
+#   bash benchmarks/ablation_nano_default.sh                      # all cells, 3 seeds, three runs at a time
 #   EXTRA=--report-only bash benchmarks/ablation_nano_default.sh  # the table of the runs finished so far
 source "$(dirname "$0")/ablation_cells.sh"
-exec varrl ablate --name ablation_default --seeds ${SEEDS:-3} --steps 60 --reference var_rl ${EXTRA} \
+exec varrl ablate --name ablation_default --seeds ${SEEDS:-3} --steps 60 --reference var_rl --jobs ${JOBS:-3} ${EXTRA} \
   "${CELLS[@]}" \
   train.eval_every=0 train.threads=1 "$@"

@@ -56,7 +56,8 @@ def test_a_stopped_run_says_how_to_resume_and_leaves_nothing_behind(tmp_path, si
     assert "Traceback" not in err and "leaked" not in err, err
     step = int(CKPT_RE.match(latest_checkpoint(run / "checkpoints").name).group(1))
     last = err.replace("\r", "\n").strip().splitlines()[-1]
-    assert last == f"varrl train: stopped by {name}; varrl train --resume {run} goes on from its checkpoint at step {step}"
+    assert last == (f"varrl train: stopped by {name}; varrl train --resume {run} goes on from its checkpoint "
+                    f"at step {step}")
     assert not wait_gone(tree, timeout_s=10), "a process outlived the stopped run"
     # The lock is free and the checkpoint whole: the run goes on from where it stopped.
     done = subprocess.run([sys.executable, "-m", "varrl", "train", "--resume", str(run), f"train.steps={step + 1}"],

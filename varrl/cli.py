@@ -38,8 +38,10 @@ def _ablate(args: argparse.Namespace) -> None:
         raise UsageError("--seeds must be at least 1")
     if args.name is not None and (args.name in ("", ".", "..") or any(c in args.name for c in "/\\")):
         raise UsageError(f"--name must be one folder name (no '/', not '.' or '..'), got {args.name!r}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     root = run_ablation(args.config, args.grid, args.seeds, args.steps, args.name, args.overrides, args.cell,
-                        args.report_only, args.reference)
+                        args.report_only, args.reference, args.jobs)
     print(f"{'ablation report' if args.report_only else 'ablation finished'}: {root / 'ablation.md'}")
 
 
@@ -286,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the cell every other is compared with, seed by seed (default: the first cell)")
     ab.add_argument("--seeds", type=int, default=3)
     ab.add_argument("--steps", type=int, default=None, help="train.steps for every run")
+    ab.add_argument("--jobs", type=int, default=1,
+                    help="runs side by side, each a `varrl train` process with its log in <cell>/seed<k>.log "
+                         "(default 1: one after another, in this process); give each a share of the cores "
+                         "with train.threads, e.g. --jobs 3 train.threads=1 on 2 cores")
     ab.add_argument("--name", default=None, help="directory under run.dir (default: ablate_<config name>)")
     ab.add_argument("overrides", nargs="*", help="key.sub=value overrides for every run")
     ab.set_defaults(func=_ablate)
@@ -364,9 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; errors end in one line on stderr (exit 2: bad input, 1: the run or the
     system failed), tracebacks only with --debug or VARRL_DEBUG=1."""
     from varrl.errors import describe
-    from varrl.stop import Stopped, as_stopped, sigterm_stops
+    from varrl.stop import Stopped, as_stopped, sigterm_stops, watch_parent_from_env
 
     args = build_parser().parse_args(argv)
+    watch_parent_from_env()  # a run that varrl ablate --jobs started ends with it
     try:
         with sigterm_stops():
             args.func(args)

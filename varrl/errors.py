@@ -46,11 +46,15 @@ def os_error_line(err: OSError, doing: str = "") -> str:
     return f"{head}{where}{': ' if where else ''}{reason}" + (f" ({hint})" if hint else "")
 
 
+class RunFailedError(RuntimeError):
+    """A run that varrl started as a child process failed; the message names it and its log."""
+
+
 def describe(err: BaseException) -> tuple[int, str]:
     """(exit code, one-line message) for an exception that reached the command line."""
     if isinstance(err, USER_ERRORS):
         return 2, str(err)
-    if isinstance(err, NonFiniteError):  # training diverged: one clear line
+    if isinstance(err, (NonFiniteError, RunFailedError)):  # training diverged, a child run failed: one line
         return 1, str(err)
     if isinstance(err, OSError):  # the system refused: name the path and what to do
         return 1, os_error_line(err)

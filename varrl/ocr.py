@@ -8,12 +8,11 @@ running several engines in worker processes, which scales better on small images
 from __future__ import annotations
 
 import os
-import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from varrl.stop import PARENT_POLL_S, exit_with_parent  # noqa: F401 (PARENT_POLL_S: the workers' poll)
 from varrl.textmetrics import split_words
 
 
@@ -126,27 +125,6 @@ def line_characters(parts: list[str], line_chars) -> list[OcrChar]:
 
 
 _WORKER_ENGINE: OcrEngine | None = None
-
-
-PARENT_POLL_S = 0.5
-"""how often a worker checks that the process that started it is still there"""
-
-
-def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
-    """End this process (within `poll_s`) once `parent_pid` is no longer its parent, however the
-    parent ended: SIGKILL, OOM killer, preemption. An orphan is re-parented (to init or a
-    subreaper), so its parent pid changes; that test needs no signal from the dead parent and works
-    on Linux and macOS alike. (Linux's PR_SET_PDEATHSIG is not used: it fires when the parent
-    *thread* that spawned the worker ends, and an executor may spawn from any thread.)"""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(poll_s)
-        os._exit(1)  # no cleanup to wait for: the results have nobody left to go to
-
-    t = threading.Thread(target=watch, name="varrl-parent-watch", daemon=True)
-    t.start()
-    return t
 
 
 def _worker_init(config: OcrConfig, parent_pid: int) -> None:

@@ -5,8 +5,10 @@ multiprocessing's resource tracker), and the command line says how to go on."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 
 
@@ -45,3 +47,55 @@ def sigterm_stops():
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+PARENT_POLL_S = 0.5
+"""how often a child process checks that the process that started it is still there"""
+
+
+def _exit_now() -> None:
+    os._exit(1)  # no cleanup to wait for: the results have nobody left to go to
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S, on_orphan=_exit_now) -> threading.Thread:
+    """Call on_orphan (default: end this process at once) within `poll_s` of `parent_pid` no
+    longer being this process's parent, however the parent ended: SIGKILL, OOM killer, preemption.
+    An orphan is re-parented (to init or a subreaper), so its parent pid changes; that test needs no
+    signal from the dead parent and works on Linux and macOS alike. (Linux's PR_SET_PDEATHSIG is
+    not used: it fires when the parent *thread* that spawned the child ends, and an executor may
+    spawn from any thread.)"""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        on_orphan()
+
+    t = threading.Thread(target=watch, name="varrl-parent-watch", daemon=True)
+    t.start()
+    return t
+
+
+STOP_GRACE_S = 120.0
+"""how long an orphaned run may take to stop at its next bytecode before it is ended outright"""
+
+
+def stop_self() -> None:
+    """An orphaned run stops as if sent SIGTERM (the lock released, its own workers shut down), and
+    ends outright if that has not happened within STOP_GRACE_S (a step stuck in native code)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(STOP_GRACE_S)
+    os._exit(1)
+
+
+PARENT_ENV = "VARRL_PARENT_PID"
+"""set by a varrl process that starts varrl commands as children (`varrl ablate --jobs`): the child
+stops when that process is gone, so that no run outlives the command that started it"""
+
+
+def watch_parent_from_env() -> None:
+    """In a child started with PARENT_ENV: stop (stop_self) once that parent is gone."""
+    pid = os.environ.get(PARENT_ENV, "")
+    if pid.isdigit():
+        if os.getppid() != int(pid):  # the parent died before this process got here
+            stop_self()
+        exit_with_parent(int(pid), on_orphan=stop_self)

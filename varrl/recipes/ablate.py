@@ -70,7 +70,7 @@ def parse_cells(specs: list[str]) -> list[Cell]:
 
 def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | None, name: str | None,
                  overrides: list[str], cell_specs: list[str] | None = None,
-                 report_only: bool = False, reference: str | None = None) -> Path:
+                 report_only: bool = False, reference: str | None = None, jobs: int = 1, say=print) -> Path:
     from varrl.recipes.train import run_train
     from varrl.stop import as_stopped
 
@@ -86,7 +86,9 @@ def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | N
     extra = [f"train.steps={steps}"] if steps else []
     for cell in cells:  # validate every cell before the first long run starts
         load_config(TrainRunConfig, config, [*overrides, *cell.overrides, *extra], apply_method_preset)
-    for cell in [] if report_only else cells:
+    if jobs > 1 and not report_only:
+        _run_side_by_side(config, cells, seeds, root, [*overrides, *extra], base.train.threads, jobs, say)
+    for cell in [] if report_only or jobs > 1 else cells:
         for seed in range(seeds):
             run_dir = root / cell.name / f"seed{seed}"
             if (run_dir / "report.json").exists():
@@ -102,6 +104,36 @@ def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | N
                                     f"skipped and {run_dir} picks up where it stopped") from None
     summarize(root, cells, seeds, reference)
     return root
+
+
+def _run_side_by_side(config: str | None, cells: list[Cell], seeds: int, root: Path, overrides: list[str],
+                      threads: int, jobs: int, say) -> None:
+    """The unfinished runs as `jobs` `varrl train` processes at a time (ablate_jobs), each the same
+    command the in-process loop above would run."""
+    from varrl.recipes.ablate_jobs import Job, run_jobs
+
+    if threads == 0:
+        say(f"varrl ablate: warning: --jobs {jobs} with train.threads=0 (torch's default: every core) "
+            f"runs {jobs} runs that each use every core; set train.threads to about cores / {jobs}")
+    todo = []
+    for cell in cells:
+        for seed in range(seeds):
+            run_dir = root / cell.name / f"seed{seed}"
+            if (run_dir / "report.json").exists():
+                continue
+            if (run_dir / "config.yaml").exists():
+                argv = ["train", "--resume", str(run_dir)]
+            else:
+                argv = ["train", *(["--config", config] if config else []), *overrides, *cell.overrides,
+                        f"run.dir={root / cell.name}", f"run.name=seed{seed}", f"run.seed={seed}"]
+            todo.append(Job(f"{cell.name}/seed{seed}", argv, root / cell.name / f"seed{seed}.log"))
+    try:
+        run_jobs(todo, jobs, say)
+    except KeyboardInterrupt as e:
+        from varrl.stop import as_stopped
+
+        raise as_stopped(e, "the runs were stopped at their last step: run the same varrl ablate command "
+                            "again to go on (finished runs are skipped, the others resume)") from None
 
 
 def summarize(root: Path, cells: list[Cell], seeds: int, reference: str | None = None) -> dict:
