@@ -14,12 +14,16 @@ sharper is compared with the untrained model at that same setting.
 
 Runs in one folder are taken as seeds of one configuration: with runs from several folders (the
 cells of `varrl ablate`) the start is evaluated once and each folder gets its own summary.
+`--prompts train` evaluates instead on the first train.eval_prompts prompts each run trained on
+(the start on each run's own): whether the update learnt what it saw, carried over or not.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +49,29 @@ def evaluations(cfg: TrainRunConfig, seeds: list[int]) -> tuple[np.ndarray, np.n
     return np.stack([r.scores_P for r in res]), np.stack([r.words_right_P for r in res]), n_words, acc
 
 
+def seen_prompts_file(cfg: TrainRunConfig, n: int, folder: Path) -> Path:
+    """A JSONL file of the first n prompts the run of cfg trained on (its first n / prompts_per_step
+    steps), for an evaluation on them instead of the held-out split."""
+    from varrl.data.prompts import ClassPrompts
+    from varrl.trainer.loop import prompt_sources
+
+    train, _ = prompt_sources(cfg)
+    if isinstance(train, ClassPrompts):
+        raise SystemExit("--prompts train needs text prompts (a class-conditional run has no words to read)")
+    path = folder / f"seen_{cfg.run.seed}.jsonl"
+    path.write_text("".join(json.dumps({"prompt": r.prompt, "words": list(r.words), **r.meta}) + "\n"
+                            for r in (train[i] for i in range(n))))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="finished run directories (one configuration, several seeds)")
     ap.add_argument("--noise-seeds", default="0,1,2,3",
                     help="evaluation noise seeds (0 is what a run's own evaluations use)")
+    ap.add_argument("--prompts", choices=["heldout", "train"], default="heldout",
+                    help="heldout: the runs' held-out prompts; train: the first train.eval_prompts prompts each run "
+                         "trained on (did the update learn what it saw, whether or not it carries over?)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides for every model's evaluation, e.g. train.threads=2 train.eval_prompts=256")
     args = ap.parse_args()
@@ -68,18 +90,34 @@ def main() -> None:
                                  f"pair with both: compare runs of one configuration")
         if (cfg.train.eval_seed, cfg.train.eval_prompts) != (cfgs[0].train.eval_seed, cfgs[0].train.eval_prompts):
             raise SystemExit(f"{run}: train.eval_seed / train.eval_prompts differ from {args.runs[0]}'s")
-    start_r, start_w, n_words, start_acc = evaluations(cfgs[0], seeds)
-    print(f"start ({cfgs[0].policy.path or 'the shipped nano model'}), {len(n_words)} prompts, noise seeds {seeds}: "
-          f"reward {np.nanmean(start_r):.3f}, word accuracy {np.mean(start_acc):.3f}", flush=True)
-    print("\n| run | held-out reward, start -> end | paired change (s.e.) | word accuracy, start -> end | "
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.prompts == "train":  # each run's own prompts: the start is evaluated on each run's
+            starts = []
+            for cfg in cfgs:
+                cfg.data.eval_prompts_file = str(seen_prompts_file(cfg, cfg.train.eval_prompts, Path(tmp)))
+                starts.append(evaluations(cfg, seeds))
+        else:
+            starts = [evaluations(cfgs[0], seeds)] * len(cfgs)
+        compare(args.runs, cfgs, starts, seeds, args.prompts)
+
+
+def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: list[int], prompts: str) -> None:
+    """Each run's final model against its start, paired by prompt and noise seed; one summary per
+    folder of runs."""
+    _, _, n_words, start_acc = starts[0]
+    which = "held-out" if prompts == "heldout" else "seen (each run's first training prompts)"
+    print(f"start ({cfgs[0].policy.path or 'the shipped nano model'}), {len(n_words)} {which} prompts, noise seeds "
+          f"{seeds}: reward {np.mean([np.nanmean(s[0]) for s in starts]):.3f}, word accuracy "
+          f"{np.mean([np.mean(s[3]) for s in starts]):.3f}", flush=True)
+    print(f"\n| run | {which} reward, start -> end | paired change (s.e.) | word accuracy, start -> end | "
           "paired change (s.e.) |\n| --- | --- | --- | --- | --- |")
     ends, d_r, d_w = [], [], []
-    several = len({run.resolve().parent for run in args.runs}) > 1
+    several = len({run.resolve().parent for run in runs}) > 1
 
     def label(run: Path) -> str:  # seed0 of two cells would read alike
         return f"{run.resolve().parent.name}/{run.name}" if several else run.name
 
-    for run, cfg in zip(args.runs, cfgs):
+    for run, cfg, (start_r, start_w, n_words, start_acc) in zip(runs, cfgs, starts):
         cfg.policy.path = str(run / "last")
         end_r, end_w, _, end_acc = evaluations(cfg, seeds)
         (cr, sr, _), (cw, sw, _) = paired_change(start_r, end_r), paired_change(start_w, end_w, n_words)
@@ -91,7 +129,7 @@ def main() -> None:
     # Runs in one folder are seeds of one configuration (runs/<cell>/seed<k> for varrl ablate): one
     # summary per folder, so several cells share the one evaluation of the start.
     groups: dict[Path, list[int]] = {}
-    for i, run in enumerate(args.runs):
+    for i, run in enumerate(runs):
         groups.setdefault(run.resolve().parent, []).append(i)
     for folder, idx in groups.items():
         if len(idx) > 1:
