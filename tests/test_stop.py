@@ -39,8 +39,11 @@ def test_a_stopped_run_says_how_to_resume_and_leaves_nothing_behind(tmp_path, si
             "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=2", "train.steps=500", "train.eval_prompts=2",
             "train.prompts_per_step=2", "train.group_size=2", "train.micro_batch=4", "train.threads=1", "rl.vmr.m=2",
             "train.save_every=1"]
+    # SIGINT as a terminal leaves it: a shell without job control (a CI script's background job)
+    # starts its children with SIGINT ignored, and then Ctrl-C could not reach the run at all.
     proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tree: set[int] = set()
     try:
         deadline = time.time() + 180
