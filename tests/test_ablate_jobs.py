@@ -57,6 +57,7 @@ def test_a_failed_run_is_named_with_its_log_and_the_others_finish(tiny_dir, tmp_
     assert err.startswith("varrl ablate: error: 1 of 2 runs failed: a/seed0 (exit 2: varrl train: error:"), err
     assert str(tmp_path / "f" / "a" / "seed0.log") in err
     assert (tmp_path / "f" / "b" / "seed0" / "report.json").exists()
+    assert "| b |" in (tmp_path / "f" / "ablation.md").read_text()  # the table of what finished
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

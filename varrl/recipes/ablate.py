@@ -87,7 +87,13 @@ def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | N
     for cell in cells:  # validate every cell before the first long run starts
         load_config(TrainRunConfig, config, [*overrides, *cell.overrides, *extra], apply_method_preset)
     if jobs > 1 and not report_only:
-        _run_side_by_side(config, cells, seeds, root, [*overrides, *extra], base.train.threads, jobs, say)
+        from varrl.errors import RunFailedError
+
+        try:
+            _run_side_by_side(config, cells, seeds, root, [*overrides, *extra], base.train.threads, jobs, say)
+        except RunFailedError:
+            summarize(root, cells, seeds, reference)  # the table of the runs that did finish
+            raise
     for cell in [] if report_only or jobs > 1 else cells:
         for seed in range(seeds):
             run_dir = root / cell.name / f"seed{seed}"
