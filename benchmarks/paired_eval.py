@@ -104,10 +104,9 @@ def main() -> None:
 def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: list[int], prompts: str) -> None:
     """Each run's final model against its start, paired by prompt and noise seed; one summary per
     folder of runs."""
-    _, _, n_words, start_acc = starts[0]
     which = "held-out" if prompts == "heldout" else "seen (each run's first training prompts)"
-    print(f"start ({cfgs[0].policy.path or 'the shipped nano model'}), {len(n_words)} {which} prompts, noise seeds "
-          f"{seeds}: reward {np.mean([np.nanmean(s[0]) for s in starts]):.3f}, word accuracy "
+    print(f"start ({cfgs[0].policy.path or 'the shipped nano model'}), {len(starts[0][2])} {which} prompts, "
+          f"noise seeds {seeds}: reward {np.mean([np.nanmean(s[0]) for s in starts]):.3f}, word accuracy "
           f"{np.mean([np.mean(s[3]) for s in starts]):.3f}", flush=True)
     print(f"\n| run | {which} reward, start -> end | paired change (s.e.) | word accuracy, start -> end | "
           "paired change (s.e.) |\n| --- | --- | --- | --- | --- |")
@@ -135,6 +134,8 @@ def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: l
         if len(idx) > 1:
             summarize([d_r[i] for i in idx], [d_w[i] for i in idx], [ends[i] for i in idx],
                       folder.name if len(groups) > 1 else None)
+    if len(groups) > 1:  # and over every run given, for a reading that spans configurations
+        summarize(d_r, d_w, ends, "all runs")
 
 
 def summarize(d_r: list[float], d_w: list[float], ends: list[float], name: str | None) -> None:

@@ -96,6 +96,6 @@ def watch_parent_from_env() -> None:
     """In a child started with PARENT_ENV: stop (stop_self) once that parent is gone."""
     pid = os.environ.get(PARENT_ENV, "")
     if pid.isdigit():
-        if os.getppid() != int(pid):  # the parent died before this process got here
-            stop_self()
+        if os.getppid() != int(pid):  # the parent died before this process got here: nothing started yet
+            raise SystemExit(1)
         exit_with_parent(int(pid), on_orphan=stop_self)

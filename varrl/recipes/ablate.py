@@ -90,30 +90,42 @@ def run_ablation(config: str | None, grid: list[str], seeds: int, steps: int | N
         from varrl.errors import RunFailedError
 
         try:
-            _run_side_by_side(config, cells, seeds, root, [*overrides, *extra], base.train.threads, jobs, say)
+            _run_side_by_side(config, cells, seeds, root, overrides, extra, base.train.threads, jobs, say)
         except RunFailedError:
             summarize(root, cells, seeds, reference)  # the table of the runs that did finish
             raise
-    for cell in [] if report_only or jobs > 1 else cells:
-        for seed in range(seeds):
-            run_dir = root / cell.name / f"seed{seed}"
-            if (run_dir / "report.json").exists():
-                continue
-            try:
-                if (run_dir / "config.yaml").exists():
-                    run_train(None, [], str(run_dir))
-                else:
-                    run_train(config, [*overrides, *cell.overrides, *extra, f"run.dir={root / cell.name}",
-                                       f"run.name=seed{seed}", f"run.seed={seed}"], None)
-            except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the grid goes on from here when rerun
-                raise as_stopped(e, "run the same varrl ablate command again to go on: finished runs are "
-                                    f"skipped and {run_dir} picks up where it stopped") from None
+    for _, run_dir, new_run in [] if report_only or jobs > 1 else _pending(cells, seeds, root, overrides, extra):
+        try:
+            if new_run is None:
+                run_train(None, [], str(run_dir))
+            else:
+                run_train(config, new_run, None)
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the grid goes on from here when rerun
+            raise as_stopped(e, RERUN_HINT) from None
     summarize(root, cells, seeds, reference)
     return root
 
 
+RERUN_HINT = ("run the same varrl ablate command again to go on: finished runs are skipped and the others "
+              "resume from their last checkpoint")
+
+
+def _pending(cells: list[Cell], seeds: int, root: Path, overrides: list[str], extra: list[str]):
+    """(cell/seedK, run folder, the overrides of a new run or None to resume it) for every run of
+    the grid without a report.json, in cell-major order."""
+    for cell in cells:
+        for seed in range(seeds):
+            run_dir = root / cell.name / f"seed{seed}"
+            if (run_dir / "report.json").exists():
+                continue
+            new_run = None if (run_dir / "config.yaml").exists() else [
+                *overrides, *cell.overrides, *extra, f"run.dir={root / cell.name}", f"run.name=seed{seed}",
+                f"run.seed={seed}"]
+            yield f"{cell.name}/seed{seed}", run_dir, new_run
+
+
 def _run_side_by_side(config: str | None, cells: list[Cell], seeds: int, root: Path, overrides: list[str],
-                      threads: int, jobs: int, say) -> None:
+                      extra: list[str], threads: int, jobs: int, say) -> None:
     """The unfinished runs as `jobs` `varrl train` processes at a time (ablate_jobs), each the same
     command the in-process loop above would run."""
     from varrl.recipes.ablate_jobs import Job, run_jobs
@@ -121,25 +133,15 @@ def _run_side_by_side(config: str | None, cells: list[Cell], seeds: int, root: P
     if threads == 0:
         say(f"varrl ablate: warning: --jobs {jobs} with train.threads=0 (torch's default: every core) "
             f"runs {jobs} runs that each use every core; set train.threads to about cores / {jobs}")
-    todo = []
-    for cell in cells:
-        for seed in range(seeds):
-            run_dir = root / cell.name / f"seed{seed}"
-            if (run_dir / "report.json").exists():
-                continue
-            if (run_dir / "config.yaml").exists():
-                argv = ["train", "--resume", str(run_dir)]
-            else:
-                argv = ["train", *(["--config", config] if config else []), *overrides, *cell.overrides,
-                        f"run.dir={root / cell.name}", f"run.name=seed{seed}", f"run.seed={seed}"]
-            todo.append(Job(f"{cell.name}/seed{seed}", argv, root / cell.name / f"seed{seed}.log"))
+    todo = [Job(label, ["train", "--resume", str(run_dir)] if new_run is None else
+                ["train", *(["--config", config] if config else []), *new_run], run_dir.with_suffix(".log"))
+            for label, run_dir, new_run in _pending(cells, seeds, root, overrides, extra)]
     try:
         run_jobs(todo, jobs, say)
     except KeyboardInterrupt as e:
         from varrl.stop import as_stopped
 
-        raise as_stopped(e, "the runs were stopped at their last step: run the same varrl ablate command "
-                            "again to go on (finished runs are skipped, the others resume)") from None
+        raise as_stopped(e, f"the runs were stopped at their last step: {RERUN_HINT}") from None
 
 
 def summarize(root: Path, cells: list[Cell], seeds: int, reference: str | None = None) -> dict:

@@ -54,12 +54,14 @@ def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: 
     n_words = np.array([len(r.words) for r in records], dtype=np.float64)
     per_prompt = {}  # key -> per prompt, that fraction times the prompt's words (NaN: not read)
     for key in ("word_acc", "ned"):
+        metrics[key] = None
         comp = next((v for k, v in res.components.items() if k.endswith("/" + key)), None)
-        if comp is not None:
-            per_prompt[key] = np.where(np.isfinite(comp) & (n_words > 0), comp * n_words, np.nan)
-        read = None if comp is None else np.isfinite(per_prompt[key])
-        metrics[key] = float(np.nansum(per_prompt[key]) / n_words[read].sum()) if read is not None and read.any() \
-            else None
+        if comp is None:
+            continue
+        per_prompt[key] = v = np.where(np.isfinite(comp) & (n_words > 0), comp * n_words, np.nan)
+        read = np.isfinite(v)
+        if read.any():
+            metrics[key] = float(v[read].sum() / n_words[read].sum())
     words_right_P = per_prompt.get("word_acc")
     for k, v in res.components.items():
         if np.isfinite(v).any():
