@@ -16,6 +16,10 @@ Runs in one folder are taken as seeds of one configuration: with runs from sever
 cells of `varrl ablate`) the start is evaluated once and each folder gets its own summary.
 `--prompts train` evaluates instead on the first train.eval_prompts prompts each run trained on
 (the start on each run's own): whether the update learnt what it saw, carried over or not.
+`--prompts both` reads held-out and seen prompts with the same noise seeds and then prints, run by
+run, the seen change minus the held-out change, with its standard error over runs:
+
+    python benchmarks/paired_eval.py runs/ablation_default/grpo/seed{0,1,2} --prompts both --noise-seeds 0,1
 """
 
 from __future__ import annotations
@@ -69,41 +73,69 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path, help="finished run directories (one configuration, several seeds)")
     ap.add_argument("--noise-seeds", default="0,1,2,3",
                     help="evaluation noise seeds (0 is what a run's own evaluations use)")
-    ap.add_argument("--prompts", choices=["heldout", "train"], default="heldout",
+    ap.add_argument("--prompts", choices=["heldout", "train", "both"], default="heldout",
                     help="heldout: the runs' held-out prompts; train: the first train.eval_prompts prompts each run "
-                         "trained on (did the update learn what it saw, whether or not it carries over?)")
+                         "trained on (did the update learn what it saw, whether or not it carries over?); both: "
+                         "each, then the seen change minus the held-out change run by run")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides for every model's evaluation, e.g. train.threads=2 train.eval_prompts=256")
     args = ap.parse_args()
     seeds = [int(s) for s in args.noise_seeds.split(",")]
+    load_runs(args.runs, args.set)  # every run checked before the first (slow) evaluation
+    readings = ["heldout", "train"] if args.prompts == "both" else [args.prompts]
+    changes = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for prompts in readings:
+            cfgs = load_runs(args.runs, args.set)  # afresh: an evaluation points cfg.policy.path at last/
+            if prompts == "train":  # each run's own prompts: the start is evaluated on each run's set
+                starts = []
+                for cfg in cfgs:
+                    cfg.data.eval_prompts_file = str(seen_prompts_file(cfg, cfg.train.eval_prompts, Path(tmp)))
+                    starts.append(evaluations(cfg, seeds))
+            else:
+                starts = [evaluations(cfgs[0], seeds)] * len(cfgs)
+            changes[prompts] = compare(args.runs, cfgs, starts, seeds, prompts)
+    if len(readings) == 2:
+        seen_minus_heldout(args.runs, changes["train"], changes["heldout"])
+
+
+def load_runs(runs: list[Path], overrides: list[str]) -> list[TrainRunConfig]:
+    """The runs' configs, checked to be finished runs whose start is one model evaluated one way."""
     cfgs = []
-    for run in args.runs:
+    for run in runs:
         if not (run / "config.yaml").is_file() or not (run / "last").is_dir():
             raise SystemExit(f"{run}: not a finished run directory (needs config.yaml and last/)")
-        cfgs.append(load_config(TrainRunConfig, run / "config.yaml", args.set, apply_method_preset))
+        cfgs.append(load_config(TrainRunConfig, run / "config.yaml", overrides, apply_method_preset))
     # The runs must share what the start's evaluation depends on, or one start would not pair with all.
     shared = ("policy", "sampler", "reward", "data")
-    for run, cfg in zip(args.runs[1:], cfgs[1:]):
+    for run, cfg in zip(runs[1:], cfgs[1:]):
         for key in shared:
             if to_dict(getattr(cfg, key)) != to_dict(getattr(cfgs[0], key)):
-                raise SystemExit(f"{run}: its `{key}` section differs from {args.runs[0]}'s, so one start cannot "
+                raise SystemExit(f"{run}: its `{key}` section differs from {runs[0]}'s, so one start cannot "
                                  f"pair with both: compare runs of one configuration")
         if (cfg.train.eval_seed, cfg.train.eval_prompts) != (cfgs[0].train.eval_seed, cfgs[0].train.eval_prompts):
-            raise SystemExit(f"{run}: train.eval_seed / train.eval_prompts differ from {args.runs[0]}'s")
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.prompts == "train":  # each run's own prompts: the start is evaluated on each run's
-            starts = []
-            for cfg in cfgs:
-                cfg.data.eval_prompts_file = str(seen_prompts_file(cfg, cfg.train.eval_prompts, Path(tmp)))
-                starts.append(evaluations(cfg, seeds))
-        else:
-            starts = [evaluations(cfgs[0], seeds)] * len(cfgs)
-        compare(args.runs, cfgs, starts, seeds, args.prompts)
+            raise SystemExit(f"{run}: train.eval_seed / train.eval_prompts differ from {runs[0]}'s")
+    return cfgs
 
 
-def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: list[int], prompts: str) -> None:
+def seen_minus_heldout(runs: list[Path], seen: tuple[list[float], list[float]],
+                       heldout: tuple[list[float], list[float]]) -> None:
+    """Run by run, how much more the update moved the prompts it trained on than held-out ones: a
+    positive difference is learning that does not carry over to unseen words."""
+    print("\n| run | seen minus held-out: reward | word accuracy |\n| --- | --- | --- |")
+    d_r = np.array(seen[0]) - np.array(heldout[0])
+    d_w = np.array(seen[1]) - np.array(heldout[1])
+    for run, r, w in zip(runs, d_r, d_w):
+        print(f"| {run.resolve().parent.name}/{run.name} | {r:+.3f} | {w:+.3f} |")
+    if len(runs) > 1:
+        print(f"\nseen minus held-out over {len(runs)} runs: reward {d_r.mean():+.3f} +- {seeds_se(d_r):.3f} "
+              f"({int((d_r > 0).sum())} of {len(runs)} positive), word accuracy {d_w.mean():+.3f} +- "
+              f"{seeds_se(d_w):.3f} ({int((d_w > 0).sum())} of {len(runs)} positive)")
+
+def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: list[int],
+            prompts: str) -> tuple[list[float], list[float]]:
     """Each run's final model against its start, paired by prompt and noise seed; one summary per
-    folder of runs."""
+    folder of runs. Returns each run's change in reward and in word accuracy."""
     which = "held-out" if prompts == "heldout" else "seen (each run's first training prompts)"
     print(f"start ({cfgs[0].policy.path or 'the shipped nano model'}), {len(starts[0][2])} {which} prompts, "
           f"noise seeds {seeds}: reward {np.mean([np.nanmean(s[0]) for s in starts]):.3f}, word accuracy "
@@ -136,6 +168,7 @@ def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: l
                       folder.name if len(groups) > 1 else None)
     if len(groups) > 1:  # and over every run given, for a reading that spans configurations
         summarize(d_r, d_w, ends, "all runs")
+    return d_r, d_w
 
 
 def summarize(d_r: list[float], d_w: list[float], ends: list[float], name: str | None) -> None:
