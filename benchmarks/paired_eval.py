@@ -25,6 +25,7 @@ run, the seen change minus the held-out change, with its standard error over run
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -81,12 +82,12 @@ def main() -> None:
                     help="overrides for every model's evaluation, e.g. train.threads=2 train.eval_prompts=256")
     args = ap.parse_args()
     seeds = [int(s) for s in args.noise_seeds.split(",")]
-    load_runs(args.runs, args.set)  # every run checked before the first (slow) evaluation
+    checked = load_runs(args.runs, args.set)  # every run checked before the first (slow) evaluation
     readings = ["heldout", "train"] if args.prompts == "both" else [args.prompts]
     changes = {}
     with tempfile.TemporaryDirectory() as tmp:
         for prompts in readings:
-            cfgs = load_runs(args.runs, args.set)  # afresh: an evaluation points cfg.policy.path at last/
+            cfgs = copy.deepcopy(checked)  # a reading points its copies at other prompts and at last/
             if prompts == "train":  # each run's own prompts: the start is evaluated on each run's set
                 starts = []
                 for cfg in cfgs:
@@ -131,6 +132,7 @@ def seen_minus_heldout(runs: list[Path], seen: tuple[list[float], list[float]],
         print(f"\nseen minus held-out over {len(runs)} runs: reward {d_r.mean():+.3f} +- {seeds_se(d_r):.3f} "
               f"({int((d_r > 0).sum())} of {len(runs)} positive), word accuracy {d_w.mean():+.3f} +- "
               f"{seeds_se(d_w):.3f} ({int((d_w > 0).sum())} of {len(runs)} positive)")
+
 
 def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: list[int],
             prompts: str) -> tuple[list[float], list[float]]:
