@@ -4,7 +4,9 @@ For each run directory the script evaluates the model the run started from and t
 model (`<run>/last`) on the run's held-out prompts, with the same noise seeds on both sides, and
 prints the paired change in reward and word accuracy with its standard error over prompts
 (`varrl.eval.paired`). Then, over the runs (seeds of one configuration), the mean change with its
-standard error over seeds, and the spread of the final rewards. A run's own step-0 and final
+standard error over seeds and the evaluation's own standard error of it (per prompt, the change
+averaged over the runs), and the spread of the final rewards: a gain must clear all three
+(issue 18's test). A run's own step-0 and final
 evaluations draw one noise seed each; averaging several takes the sampling luck out of both ends.
 Every model samples with its run's own sampler settings (config.yaml), so a run that samples
 sharper is compared with the untrained model at that same setting.
@@ -144,7 +146,7 @@ def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: l
           f"{np.mean([np.mean(s[3]) for s in starts]):.3f}", flush=True)
     print(f"\n| run | {which} reward, start -> end | paired change (s.e.) | word accuracy, start -> end | "
           "paired change (s.e.) |\n| --- | --- | --- | --- | --- |")
-    ends, d_r, d_w = [], [], []
+    ends, d_r, d_w, arrays = [], [], [], []
     several = len({run.resolve().parent for run in runs}) > 1
 
     def label(run: Path) -> str:  # seed0 of two cells would read alike
@@ -155,6 +157,7 @@ def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: l
         end_r, end_w, _, end_acc = evaluations(cfg, seeds)
         (cr, sr, _), (cw, sw, _) = paired_change(start_r, end_r), paired_change(start_w, end_w, n_words)
         ends.append(float(np.nanmean(end_r)))
+        arrays.append((start_r, end_r, start_w, end_w, n_words))
         d_r.append(cr)
         d_w.append(cw)
         print(f"| {label(run)} | {np.nanmean(start_r):.3f} -> {ends[-1]:.3f} | {cr:+.3f} ({sr:.3f}) | "
@@ -167,25 +170,40 @@ def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: l
     for folder, idx in groups.items():
         if len(idx) > 1:
             summarize([d_r[i] for i in idx], [d_w[i] for i in idx], [ends[i] for i in idx],
-                      folder.name if len(groups) > 1 else None)
+                      pooled_eval_se([arrays[i] for i in idx]), folder.name if len(groups) > 1 else None)
     if len(groups) > 1:  # and over every run given, for a reading that spans configurations
-        summarize(d_r, d_w, ends, "all runs")
+        summarize(d_r, d_w, ends, pooled_eval_se(arrays), "all runs")
     return d_r, d_w
 
 
-def summarize(d_r: list[float], d_w: list[float], ends: list[float], name: str | None) -> None:
-    """The mean change over one configuration's runs, its s.e. over runs, and whether it is a gain."""
+def pooled_eval_se(arrays: list[tuple]) -> tuple[float, float]:
+    """The evaluation's own standard error of the runs' mean change, in reward and in word accuracy:
+    per prompt the change averaged over every run and noise seed, its error over prompts
+    (`paired_change` with the runs' readings stacked on the seed axis). The s.e. over runs cannot
+    stand in for it: runs read on the same prompts with the same noise share the evaluation's luck,
+    so three runs that agree have an s.e. over runs near 0 while the prompts' error stays."""
+    stack = [np.concatenate([a[i] for a in arrays]) for i in range(4)]
+    words_P = np.mean([a[4] for a in arrays], axis=0)  # a run's own prompts (--prompts train) differ in words
+    return paired_change(stack[0], stack[1])[1], paired_change(stack[2], stack[3], words_P)[1]
+
+
+def summarize(d_r: list[float], d_w: list[float], ends: list[float], eval_se: tuple[float, float],
+              name: str | None) -> None:
+    """The mean change over one configuration's runs, its s.e. over runs and the evaluation's own
+    s.e. of it, and whether it is a gain: beyond both doubled and, in reward, beyond the spread of
+    the final rewards (issue 18's test)."""
     R = len(d_r)
     se_r, se_w = seeds_se(np.array(d_r)), seeds_se(np.array(d_w))
     spread = max(ends) - min(ends)
     print(f"\n{name + ': ' if name else ''}over {R} runs: reward change {np.mean(d_r):+.3f} +- {se_r:.3f} (s.e. over "
-          f"runs; {sum(d > 0 for d in d_r)} of {R} higher), final {np.mean(ends):.3f}, final spread {spread:.3f}; "
-          f"word accuracy change {np.mean(d_w):+.3f} +- {se_w:.3f}")
-    up_r = np.mean(d_r) > max(2 * se_r, spread)
-    up_w = np.mean(d_w) > 2 * se_w
-    print(f"reward: the change is {'' if up_r else 'not '}a gain beyond 2 s.e. ({2 * se_r:.3f}) and the spread "
-          f"between runs ({spread:.3f}); word accuracy: {'' if up_w else 'not '}a gain beyond 2 s.e. "
-          f"({2 * se_w:.3f})")
+          f"runs; {sum(d > 0 for d in d_r)} of {R} higher; the evaluation's s.e. {eval_se[0]:.3f}), final "
+          f"{np.mean(ends):.3f}, final spread {spread:.3f}; word accuracy change {np.mean(d_w):+.3f} +- {se_w:.3f} "
+          f"(the evaluation's s.e. {eval_se[1]:.3f})")
+    bar_r, bar_w = max(2 * se_r, 2 * eval_se[0], spread), max(2 * se_w, 2 * eval_se[1])
+    print(f"reward: the change is {'' if np.mean(d_r) > bar_r else 'not '}a gain beyond 2 s.e. over runs "
+          f"({2 * se_r:.3f}), 2 s.e. of the evaluation ({2 * eval_se[0]:.3f}) and the spread between runs "
+          f"({spread:.3f}); word accuracy: {'' if np.mean(d_w) > bar_w else 'not '}a gain beyond 2 s.e. over "
+          f"runs ({2 * se_w:.3f}) and of the evaluation ({2 * eval_se[1]:.3f})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tinyrun import run_args
 
@@ -32,6 +33,29 @@ def test_seen_minus_heldout_is_the_difference_run_by_run(capsys):
     out = capsys.readouterr().out
     assert "| a/seed0 | +0.040 | +0.020 |" in out and "| a/seed1 | -0.010 | -0.010 |" in out
     assert "reward +0.015 +- 0.025 (1 of 2 positive), word accuracy +0.005 +- 0.015 (1 of 2 positive)" in out
+
+
+def test_the_evaluations_own_error_of_the_mean_change():
+    # Worked by hand: two runs, one noise seed, three prompts. Reward changes per prompt: run A
+    # (0.1, 0, 0.2), run B (0.3, -0.1, 0); averaged over the runs (0.2, -0.05, 0.1), mean 0.0833,
+    # s.e. over prompts sqrt(0.031667 / (3 * 2)) = 0.0726. Words read right: A (0, 1, 1), B (-1, 0, 1),
+    # averaged (-0.5, 0.5, 1) over (1, 2, 1) target words: ratio 1 / 4 = 0.25, residuals (-0.75, 0,
+    # 0.75), s.e. sqrt(1.125 / 6) * 3 / 4 = 0.3248.
+    start_r, start_w, words = np.array([[1.0, 2.0, 3.0]]), np.array([[1.0, 1.0, 0.0]]), np.array([1.0, 2.0, 1.0])
+    a = (start_r, np.array([[1.1, 2.0, 3.2]]), start_w, np.array([[1.0, 2.0, 1.0]]), words)
+    b = (start_r, np.array([[1.3, 1.9, 3.0]]), start_w, np.array([[0.0, 1.0, 1.0]]), words)
+    se_r, se_w = load_script().pooled_eval_se([a, b])
+    assert se_r == pytest.approx(0.072648, abs=1e-6) and se_w == pytest.approx(0.324760, abs=1e-6)
+
+
+def test_runs_that_agree_are_still_held_to_the_evaluations_error(capsys):
+    # Three runs with the same change have no spread over runs (s.e. 0): the reward's +0.03 is not a
+    # gain against an evaluation s.e. of 0.02 (bar 0.04); the words' +0.01 is, against 0.004 (bar 0.008).
+    load_script().summarize([0.03] * 3, [0.01] * 3, [1.70, 1.71, 1.70], (0.02, 0.004), None)
+    out = capsys.readouterr().out
+    assert "the evaluation's s.e. 0.020" in out
+    assert "reward: the change is not a gain beyond 2 s.e. over runs (0.000), 2 s.e. of the evaluation (0.040)" in out
+    assert "word accuracy: a gain beyond 2 s.e. over runs (0.000) and of the evaluation (0.008)" in out
 
 
 def changes(table: str) -> dict[str, float]:
