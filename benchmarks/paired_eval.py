@@ -13,9 +13,12 @@ sharper is compared with the untrained model at that same setting.
 
     python benchmarks/paired_eval.py runs/seed0 runs/seed1 runs/seed2 [--noise-seeds 0,1,2,3] [--set key=value ...]
     python benchmarks/paired_eval.py runs/ablation_default/{no_vmr,no_mp}/seed{0,1,2}   # one summary per folder
+    python benchmarks/paired_eval.py runs/ablation_default/{var_rl,grpo}/seed{0,1,2} --reference var_rl
 
 Runs in one folder are taken as seeds of one configuration: with runs from several folders (the
-cells of `varrl ablate`) the start is evaluated once and each folder gets its own summary.
+cells of `varrl ablate`) the start is evaluated once and each folder gets its own summary;
+`--reference CELL` then compares every other cell with that one, seed by seed, with the
+evaluation's own standard error of the difference.
 `--prompts train` evaluates instead on the first train.eval_prompts prompts each run trained on
 (the start on each run's own): whether the update learnt what it saw, carried over or not.
 `--prompts both` reads held-out and seen prompts with the same noise seeds and then prints, run by
@@ -80,11 +83,17 @@ def main() -> None:
                     help="heldout: the runs' held-out prompts; train: the first train.eval_prompts prompts each run "
                          "trained on (did the update learn what it saw, whether or not it carries over?); both: "
                          "each, then the seen change minus the held-out change run by run")
+    ap.add_argument("--reference", metavar="FOLDER",
+                    help="with runs from several folders (cells): the folder name of the cell every other is "
+                         "compared with, seed by seed (runs of one name, e.g. seed0, paired), with the "
+                         "evaluation's own s.e. of the difference")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides for every model's evaluation, e.g. train.threads=2 train.eval_prompts=256")
     args = ap.parse_args()
     seeds = [int(s) for s in args.noise_seeds.split(",")]
     checked = load_runs(args.runs, args.set)  # every run checked before the first (slow) evaluation
+    if args.reference is not None and args.reference not in {run.resolve().parent.name for run in args.runs}:
+        raise SystemExit(f"--reference {args.reference}: no run given lies in a folder of that name")
     readings = ["heldout", "train"] if args.prompts == "both" else [args.prompts]
     changes = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,8 +107,10 @@ def main() -> None:
             else:
                 starts = [evaluations(cfgs[0], seeds)] * len(cfgs)
             changes[prompts] = compare(args.runs, cfgs, starts, seeds, prompts)
+            if args.reference is not None:
+                against_reference(args.runs, changes[prompts], args.reference)
     if len(readings) == 2:
-        seen_minus_heldout(args.runs, changes["train"], changes["heldout"])
+        seen_minus_heldout(args.runs, changes["train"][:2], changes["heldout"][:2])
 
 
 def load_runs(runs: list[Path], overrides: list[str]) -> list[TrainRunConfig]:
@@ -173,7 +184,39 @@ def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: l
                       pooled_eval_se([arrays[i] for i in idx]), folder.name if len(groups) > 1 else None)
     if len(groups) > 1:  # and over every run given, for a reading that spans configurations
         summarize(d_r, d_w, ends, pooled_eval_se(arrays), "all runs")
-    return d_r, d_w
+    return d_r, d_w, arrays
+
+
+def against_reference(runs: list[Path], changes: tuple, reference: str) -> None:
+    """Every other folder's runs against the reference folder's run of the same name (seedK: the
+    same training prompts and first rollout noise): the mean difference in paired change with its
+    s.e. over seeds, and the evaluation's own s.e. of it (per prompt, the cell's end minus the
+    reference's, averaged over seeds and noise seeds; the start cancels)."""
+    d_r, d_w, arrays = changes
+    by_folder: dict[str, dict[str, int]] = {}
+    for i, run in enumerate(runs):
+        by_folder.setdefault(run.resolve().parent.name, {})[run.name] = i
+    ref = by_folder[reference]
+    print(f"\n| cell against {reference}, seed by seed | reward (s.e. over seeds; the evaluation's s.e.) | "
+          "higher | word accuracy (the same) |\n| --- | --- | --- | --- |")
+    for folder, idx in by_folder.items():
+        pairs = [(i, ref[name]) for name, i in idx.items() if name in ref]
+        if folder == reference or not pairs:
+            continue
+        dr = np.array([d_r[i] - d_r[j] for i, j in pairs])
+        dw = np.array([d_w[i] - d_w[j] for i, j in pairs])
+        se_r, se_w = difference_eval_se([arrays[i] for i, _ in pairs], [arrays[j] for _, j in pairs])
+        print(f"| {folder} ({len(pairs)} seeds) | {dr.mean():+.3f} ({seeds_se(dr):.3f}; {se_r:.3f}) | "
+              f"{int((dr > 0).sum())} of {len(pairs)} | {dw.mean():+.3f} ({seeds_se(dw):.3f}; {se_w:.3f}) |")
+
+
+def difference_eval_se(cell: list[tuple], ref: list[tuple]) -> tuple[float, float]:
+    """The evaluation's s.e. of the cell's mean change minus the reference's, in reward and word
+    accuracy: each side's end readings stacked over its runs and noise seeds (pairs in order), the
+    per-prompt difference of their means, its error over prompts (`paired_change` of the two ends)."""
+    ends = [np.concatenate([a[i] for a in side]) for side in (ref, cell) for i in (1, 3)]
+    words_P = np.mean([a[4] for a in cell + ref], axis=0)
+    return paired_change(ends[0], ends[2])[1], paired_change(ends[1], ends[3], words_P)[1]
 
 
 def pooled_eval_se(arrays: list[tuple]) -> tuple[float, float]:

@@ -58,6 +58,31 @@ def test_runs_that_agree_are_still_held_to_the_evaluations_error(capsys):
     assert "word accuracy: a gain beyond 2 s.e. over runs (0.000) and of the evaluation (0.008)" in out
 
 
+def test_a_cell_against_the_reference_seed_by_seed():
+    # Worked by hand: cell b's ends minus reference a's, one noise seed, three prompts: rewards
+    # (1.1, 2.3, 2.9) - (1, 2, 3) = (0.1, 0.3, -0.1), mean 0.1, s.e. sqrt(0.08 / 6) = 0.1155; words
+    # (1, 2, 1) - (1, 1, 0) = (0, 1, 1) over (1, 2, 1) target words: 2 / 4 = 0.5, residuals (-0.5, 0,
+    # 0.5), s.e. sqrt(0.5 / 6) * 3 / 4 = 0.2165.
+    module = load_script()
+    words, start = np.array([1.0, 2.0, 1.0]), np.zeros((1, 3))
+    ref = (start, np.array([[1.0, 2.0, 3.0]]), start, np.array([[1.0, 1.0, 0.0]]), words)
+    cell = (start, np.array([[1.1, 2.3, 2.9]]), start, np.array([[1.0, 2.0, 1.0]]), words)
+    se_r, se_w = module.difference_eval_se([cell], [ref])
+    assert se_r == pytest.approx(0.115470, abs=1e-6) and se_w == pytest.approx(0.216506, abs=1e-6)
+
+
+def test_against_reference_pairs_runs_of_one_name(capsys, tmp_path):
+    # Changes: a/seed0 0.00, a/seed1 -0.01, b/seed1 +0.03, b/seed0 +0.02 (given in another order):
+    # b - a by seed = +0.02, +0.04, mean +0.03, s.e. 0.01; words +0.01 and -0.01, mean 0.
+    runs = [tmp_path / "a" / "seed0", tmp_path / "a" / "seed1", tmp_path / "b" / "seed1", tmp_path / "b" / "seed0"]
+    rng = np.random.default_rng(0)
+    arrays = [(z, z + rng.normal(size=(1, 4)), z, z, np.ones(4)) for z in [np.zeros((1, 4))] * 4]
+    load_script().against_reference(runs, ([0.0, -0.01, 0.03, 0.02], [0.0, 0.0, -0.01, 0.01], arrays), "a")
+    out = capsys.readouterr().out
+    assert "| b (2 seeds) | +0.030 (0.010; " in out and "| 2 of 2 | +0.000 (0.010; " in out
+    assert "| a (" not in out  # the reference is not compared with itself
+
+
 def changes(table: str) -> dict[str, float]:
     """run label -> paired reward change, from one of the script's tables."""
     row = r"^\| (\S+) \| -?[\d.]+ -> -?[\d.]+ \| ([+-][\d.]+) \("
@@ -87,6 +112,10 @@ def test_both_readings_of_two_tiny_runs(tiny_text_dir, tmp_path):
     for run in ("seed0", "seed1"):
         assert float(rows[run]) == pytest.approx(seen[run] - held[run], abs=1.5e-3)
     assert "seen minus held-out over 2 runs" in diff_part
+    # A reference that names no folder of the runs is refused before any evaluation.
+    bad = subprocess.run([sys.executable, str(SCRIPT), *map(str, runs), "--reference", "var_rl"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "--reference var_rl: no run given lies in a folder of that name" in bad.stderr
 
 
 def test_a_run_that_is_not_finished_is_named_before_any_evaluation(tmp_path):
