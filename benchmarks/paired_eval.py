@@ -92,8 +92,11 @@ def main() -> None:
     args = ap.parse_args()
     seeds = [int(s) for s in args.noise_seeds.split(",")]
     checked = load_runs(args.runs, args.set)  # every run checked before the first (slow) evaluation
-    if args.reference is not None and args.reference not in {run.resolve().parent.name for run in args.runs}:
-        raise SystemExit(f"--reference {args.reference}: no run given lies in a folder of that name")
+    if args.reference is not None:
+        named = {run.resolve().parent for run in args.runs if run.resolve().parent.name == args.reference}
+        if len(named) != 1:
+            raise SystemExit(f"--reference {args.reference}: " + ("no run given lies in a folder of that name"
+                             if not named else f"{len(named)} folders of that name hold runs; give runs of one"))
     readings = ["heldout", "train"] if args.prompts == "both" else [args.prompts]
     changes = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,20 +196,24 @@ def against_reference(runs: list[Path], changes: tuple, reference: str) -> None:
     s.e. over seeds, and the evaluation's own s.e. of it (per prompt, the cell's end minus the
     reference's, averaged over seeds and noise seeds; the start cancels)."""
     d_r, d_w, arrays = changes
-    by_folder: dict[str, dict[str, int]] = {}
+    by_folder: dict[Path, dict[str, int]] = {}
     for i, run in enumerate(runs):
-        by_folder.setdefault(run.resolve().parent.name, {})[run.name] = i
-    ref = by_folder[reference]
+        by_folder.setdefault(run.resolve().parent, {})[run.name] = i
+    ref_folder = next(f for f in by_folder if f.name == reference)  # main() checked it is the one
+    ref = by_folder[ref_folder]
     print(f"\n| cell against {reference}, seed by seed | reward (s.e. over seeds; the evaluation's s.e.) | "
           "higher | word accuracy (the same) |\n| --- | --- | --- | --- |")
     for folder, idx in by_folder.items():
         pairs = [(i, ref[name]) for name, i in idx.items() if name in ref]
-        if folder == reference or not pairs:
+        if folder == ref_folder:
+            continue
+        if not pairs:
+            print(f"| {folder.name} | no run named like one of {reference}'s | | |")
             continue
         dr = np.array([d_r[i] - d_r[j] for i, j in pairs])
         dw = np.array([d_w[i] - d_w[j] for i, j in pairs])
         se_r, se_w = difference_eval_se([arrays[i] for i, _ in pairs], [arrays[j] for _, j in pairs])
-        print(f"| {folder} ({len(pairs)} seeds) | {dr.mean():+.3f} ({seeds_se(dr):.3f}; {se_r:.3f}) | "
+        print(f"| {folder.name} ({len(pairs)} seeds) | {dr.mean():+.3f} ({seeds_se(dr):.3f}; {se_r:.3f}) | "
               f"{int((dr > 0).sum())} of {len(pairs)} | {dw.mean():+.3f} ({seeds_se(dw):.3f}; {se_w:.3f}) |")
 
 
