@@ -204,9 +204,9 @@ def against_reference(runs: list[Path], changes: tuple, reference: str) -> None:
     print(f"\n| cell against {reference}, seed by seed | reward (s.e. over seeds; the evaluation's s.e.) | "
           "higher | word accuracy (the same) |\n| --- | --- | --- | --- |")
     for folder, idx in by_folder.items():
-        pairs = [(i, ref[name]) for name, i in idx.items() if name in ref]
         if folder == ref_folder:
             continue
+        pairs = [(i, ref[name]) for name, i in idx.items() if name in ref]
         if not pairs:
             print(f"| {folder.name} | no run named like one of {reference}'s | | |")
             continue
@@ -219,22 +219,31 @@ def against_reference(runs: list[Path], changes: tuple, reference: str) -> None:
 
 def difference_eval_se(cell: list[tuple], ref: list[tuple]) -> tuple[float, float]:
     """The evaluation's s.e. of the cell's mean change minus the reference's, in reward and word
-    accuracy: each side's end readings stacked over its runs and noise seeds (pairs in order), the
-    per-prompt difference of their means, its error over prompts (`paired_change` of the two ends)."""
-    ends = [np.concatenate([a[i] for a in side]) for side in (ref, cell) for i in (1, 3)]
-    words_P = np.mean([a[4] for a in cell + ref], axis=0)
-    return paired_change(ends[0], ends[2])[1], paired_change(ends[1], ends[3], words_P)[1]
+    accuracy: the per-prompt difference of the two cells' ends (runs paired in order; the start
+    cancels), its error over prompts."""
+    return stacked_se([r[1] for r in ref], [c[1] for c in cell], [r[3] for r in ref], [c[3] for c in cell],
+                      cell + ref)
 
 
 def pooled_eval_se(arrays: list[tuple]) -> tuple[float, float]:
     """The evaluation's own standard error of the runs' mean change, in reward and in word accuracy:
-    per prompt the change averaged over every run and noise seed, its error over prompts
-    (`paired_change` with the runs' readings stacked on the seed axis). The s.e. over runs cannot
-    stand in for it: runs read on the same prompts with the same noise share the evaluation's luck,
-    so three runs that agree have an s.e. over runs near 0 while the prompts' error stays."""
-    stack = [np.concatenate([a[i] for a in arrays]) for i in range(4)]
-    words_P = np.mean([a[4] for a in arrays], axis=0)  # a run's own prompts (--prompts train) differ in words
-    return paired_change(stack[0], stack[1])[1], paired_change(stack[2], stack[3], words_P)[1]
+    per prompt the change averaged over every run and noise seed, its error over prompts. The s.e.
+    over runs cannot stand in for it: runs read on the same prompts with the same noise share the
+    evaluation's luck, so three runs that agree have an s.e. over runs near 0 while the prompts'
+    error stays."""
+    return stacked_se([a[0] for a in arrays], [a[1] for a in arrays], [a[2] for a in arrays],
+                      [a[3] for a in arrays], arrays)
+
+
+def stacked_se(before_r: list, after_r: list, before_w: list, after_w: list, arrays: list[tuple]
+               ) -> tuple[float, float]:
+    """`paired_change`'s error over prompts of after - before, with every run's [S, P] readings
+    stacked on the seed axis (so per prompt the mean over runs and noise seeds), in reward and in
+    words read right (weighted by the runs' mean target words: a run's own prompts under `--prompts
+    train` differ in words)."""
+    words_P = np.mean([a[4] for a in arrays], axis=0)
+    return (paired_change(np.concatenate(before_r), np.concatenate(after_r))[1],
+            paired_change(np.concatenate(before_w), np.concatenate(after_w), words_P)[1])
 
 
 def summarize(d_r: list[float], d_w: list[float], ends: list[float], eval_se: tuple[float, float],
