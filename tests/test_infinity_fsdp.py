@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -115,3 +116,29 @@ def test_fsdp_with_lora_matches_data_parallel_and_resumes_exactly(files, tmp_pat
     assert step_rows(tmp_path / "part", 2) == step_rows(tmp_path / "fsdp", 2)
     c = load_file(str(tmp_path / "part" / "last" / "adapter.safetensors"))
     assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+@pytest.mark.slow
+def test_fsdp_with_lora_rewrites_a_base_removed_from_last_mid_run(files, tmp_path):  # noqa: F811
+    # After its first save a session only links last/'s base; if someone removes it meanwhile, the
+    # next save must gather the sharded base again on every rank, not fail on rank 0 alone.
+    args = train_args(files, tmp_path, "run", *COMMON, "train.steps=3", "train.lora.rank=2", *FSDP)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "varrl",
+           *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    base = tmp_path / "run" / "last" / "model.safetensors"
+    try:
+        while not base.exists() and proc.poll() is None:
+            time.sleep(0.01)
+        base.unlink()
+        saved_then = len(list((tmp_path / "run" / "checkpoints").glob("step_*")))
+        _, err = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert saved_then < 3  # removed before the run's last save
+    assert proc.returncode == 0, err[-3000:]
+    model, _, _ = files
+    want, got = load_file(str(model)), load_file(str(base))
+    assert got.keys() == want.keys() and all(torch.equal(want[k], got[k]) for k in want)

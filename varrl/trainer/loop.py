@@ -26,7 +26,7 @@ from varrl.rewards import build_reward
 from varrl.trainer.batches import StageBatch, full_batch, per_scale_batch, prefix_batch, suffix_batch
 from varrl.trainer.config import TrainRunConfig
 from varrl.trainer.credit import Advantages, CreditInputs, advantages
-from varrl.trainer.dist import DistInfo, barrier, gather_objects
+from varrl.trainer.dist import DistInfo, barrier, broadcast_flag, gather_objects
 from varrl.trainer.evaluate import evaluate
 from varrl.trainer.fsdp import adapter_state_dicts, full_state_dicts, shard_policies_
 from varrl.trainer.params import frozen_reference, select_trainable
@@ -319,6 +319,11 @@ class Trainer:
             model_sd, optim_sd = full_state_dicts(self.policy.model, self.optimizer)
             base_sd = model_sd
         else:  # the adapters; the frozen base only until this session has written it once
+            if self.base_saved and broadcast_flag(
+                    self.info, self.info.main and not (self.run_dir / "last" / "model.safetensors").exists()):
+                # Someone removed last/'s base since: gather it again. Under FSDP that is a collective,
+                # so every rank must take the same branch (rank 0 alone sees the folder).
+                self.base_saved = False
             model_sd, base_sd, optim_sd = adapter_state_dicts(self.lora, self.optimizer, not self.base_saved)
         if self.info.main:
             where = self.run_dir / "checkpoints"
