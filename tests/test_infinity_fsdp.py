@@ -125,20 +125,24 @@ def test_fsdp_with_lora_rewrites_a_base_removed_from_last_mid_run(files, tmp_pat
     args = train_args(files, tmp_path, "run", *COMMON, "train.steps=3", "train.lora.rank=2", *FSDP)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "varrl",
            *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = tmp_path / "torchrun.log"  # a file: a pipe nobody reads while we wait could fill and stall the run
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     base = tmp_path / "run" / "last" / "model.safetensors"
     try:
         while not base.exists() and proc.poll() is None:
             time.sleep(0.01)
+        assert base.exists(), log.read_text()[-3000:]  # the run ended before its first save
         base.unlink()
         saved_then = len(list((tmp_path / "run" / "checkpoints").glob("step_*")))
-        _, err = proc.communicate(timeout=420)
+        proc.wait(timeout=420)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert saved_then < 3  # removed before the run's last save
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, log.read_text()[-3000:]
     model, _, _ = files
     want, got = load_file(str(model)), load_file(str(base))
     assert got.keys() == want.keys() and all(torch.equal(want[k], got[k]) for k in want)
