@@ -31,7 +31,7 @@ from varrl.trainer.evaluate import evaluate
 from varrl.trainer.fsdp import adapter_state_dicts, full_state_dicts, shard_policies_
 from varrl.trainer.params import frozen_reference, select_trainable
 from varrl.trainer.report import RunWriter, plot_rewards, write_report
-from varrl.trainer.state import RngState, resume_train_checkpoint, save_train_checkpoint
+from varrl.trainer.state import CheckpointWriteError, RngState, resume_train_checkpoint, save_train_checkpoint
 from varrl.trainer.steplog import StepLog, no_signal, step_metrics  # noqa: F401  (no_signal: public here)
 from varrl.trainer.update import NonFiniteLossError, UpdatePlan, policy_update
 
@@ -357,20 +357,6 @@ class Trainer:
         time its checkpoint recorded (time lost after the last checkpoint of a killed session is
         not counted, as those steps are redone)."""
         return self.wall_before + time.perf_counter() - self.t_start
-
-
-class CheckpointWriteError(CheckpointError):
-    """Writing a checkpoint failed (full disk, lost mount, ...): the run stops with one line."""
-
-    def __init__(self, where: Path, step: int, err: Exception, run_dir: Path):
-        if isinstance(err, OSError):
-            from varrl.errors import os_error_line
-
-            reason = os_error_line(err)
-        else:  # torch's writer reports a full disk as "[enforce fail at inline_container.cc] unexpected pos"
-            reason = "the write failed (is the disk full?)"
-        super().__init__(f"cannot write the step-{step} checkpoint under {where}: {reason}. The run stopped; free "
-                         f"space and continue with --resume {run_dir} (it restarts from the last checkpoint)")
 
 
 def resolve_step(spec: int | str, schedule, key: str) -> int:

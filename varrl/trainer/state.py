@@ -91,3 +91,17 @@ def resume_train_checkpoint(root: Path, model: torch.nn.Module, optimizer: torch
         return None
     ckpt, (state, rng) = found
     return ckpt, state, rng
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (full disk, lost mount, ...): the run stops with one line."""
+
+    def __init__(self, where: Path, step: int, err: Exception, run_dir: Path):
+        if isinstance(err, OSError):
+            from varrl.errors import os_error_line
+
+            reason = os_error_line(err)
+        else:  # torch's writer reports a full disk as "[enforce fail at inline_container.cc] unexpected pos"
+            reason = "the write failed (is the disk full?)"
+        super().__init__(f"cannot write the step-{step} checkpoint under {where}: {reason}. The run stopped; free "
+                         f"space and continue with --resume {run_dir} (it restarts from the last checkpoint)")
