@@ -69,6 +69,10 @@ def run_train(config_path: str | None, overrides: list[str], resume: str | None)
             lock, created = _on_rank0(info, lambda: _create_run(cfg, run_dir)) or (None, False)
         trainer.open()
         report = trainer.run()
+        # Rank 0 writes the report after the last collective; the others wait for it before tearing
+        # their process group down. A rank that left early and then failed at exit (gloo at interpreter
+        # shutdown, seen once in CI) would otherwise have torchrun stop rank 0 mid-report.
+        barrier(info)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say how to go on, once the run is ours to name
         raise as_stopped(e, _resume_hint(run_dir) if lock is not None else "") from None
     except Exception as e:
