@@ -17,6 +17,8 @@ from tinyrun import run_args
 
 from varrl.checkpoint import latest_checkpoint
 from varrl.cli import main
+from varrl.recipes.ablate_jobs import Job, run_jobs
+from varrl.stop import Stopped
 
 CELLS = ["--cell", "a: rl.method=grpo", "--cell", "b: rl.method=var_rl"]
 
@@ -58,6 +60,25 @@ def test_a_failed_run_is_named_with_its_log_and_the_others_finish(tiny_dir, tmp_
     assert str(tmp_path / "f" / "a" / "seed0.log") in err
     assert (tmp_path / "f" / "b" / "seed0" / "report.json").exists()
     assert "| b |" in (tmp_path / "f" / "ablation.md").read_text()  # the table of what finished
+
+
+def test_a_stop_during_the_launches_starts_no_further_run_and_stops_the_started_one(tiny_dir, tmp_path):
+    jobs = [Job(f"c/seed{k}", ["train", *run_args(tiny_dir, tmp_path, f"r{k}", "train.steps=500", "train.threads=1")],
+                tmp_path / f"r{k}.log") for k in range(3)]
+    lines = []
+
+    def say(line):  # the signal lands just after the first child started, with two more to launch
+        lines.append(line)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped) as info:
+        run_jobs(jobs, 3, say)
+    assert info.value.how == "SIGTERM"
+    assert lines == [f"started c/seed0 (log: {tmp_path / 'r0.log'})"]
+    assert not (tmp_path / "r1.log").exists() and not (tmp_path / "r2.log").exists()
+    assert not [p for p in descendants(os.getpid()) if "varrl" in cmdline(p)]  # the started one was stopped
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

@@ -15,7 +15,7 @@ from proctree import descendants, wait_gone
 from tinymodel import build_tiny, write_model_dir
 
 from varrl.checkpoint import CKPT_RE, latest_checkpoint
-from varrl.stop import Stopped, sigterm_stops
+from varrl.stop import Stopped, deferred_stops, sigterm_stops
 
 
 def test_stopped_exit_codes_and_the_handler_comes_back():
@@ -28,6 +28,21 @@ def test_stopped_exit_codes_and_the_handler_comes_back():
             time.sleep(5)  # the handler raises at the next bytecode; never reached
     assert info.value.how == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("sig, name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
+def test_a_deferred_stop_is_recorded_and_raised_only_when_checked(sig, name):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with deferred_stops() as stop:
+        stop.check()  # nothing asked for yet
+        os.kill(os.getpid(), sig)
+        os.kill(os.getpid(), signal.SIGTERM if sig == signal.SIGINT else signal.SIGINT)  # the first one counts
+        time.sleep(0.1)  # the handler has run by now, and raised nothing
+        assert stop.how == name
+        with pytest.raises(Stopped) as info:
+            stop.check()
+    assert info.value.how == name
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 @pytest.mark.parametrize("sig, name, code", [(signal.SIGTERM, "SIGTERM", 143), (signal.SIGINT, "Ctrl-C", 130)])

@@ -49,6 +49,40 @@ def sigterm_stops():
         signal.signal(signal.SIGTERM, before)
 
 
+class StopRequest:
+    """What deferred_stops recorded: `how` is None until a stop is asked for, then "Ctrl-C" or "SIGTERM"."""
+
+    how: str | None = None
+
+    def check(self) -> None:
+        """Raise Stopped if a stop was asked for: call it where stopping leaves nothing half done."""
+        if self.how is not None:
+            raise Stopped(self.how)
+
+
+@contextmanager
+def deferred_stops():
+    """Within: Ctrl-C and SIGTERM are recorded on the StopRequest it yields instead of raising at
+    whatever bytecode runs, so that a step which must not be cut in two (start a child process and
+    note it as started) never is; the caller calls .check() between such steps. Outside the main
+    thread nothing changes (the request then stays empty). The previous handlers come back afterwards."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def record(signum, frame) -> None:
+        if request.how is None:  # a second signal changes nothing: the stop is under way
+            request.how = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+
+    before = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 PARENT_POLL_S = 0.5
 """how often a child process checks that the process that started it is still there"""
 

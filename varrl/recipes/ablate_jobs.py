@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from varrl.errors import RunFailedError
-from varrl.stop import PARENT_ENV
+from varrl.stop import PARENT_ENV, deferred_stops
 
 CHILD_STOP_S = 300.0
 """how long stopped children may take to reach the end of their step before they are killed"""
@@ -33,37 +33,44 @@ class Job:
 
 def run_jobs(jobs: list[Job], n: int, say=print) -> None:
     """Run `jobs` (in order) n at a time; raise RunFailedError naming the runs that failed, once
-    every other has finished."""
+    every other has finished. Ctrl-C or SIGTERM stops the children cleanly and raises Stopped."""
     env = {**os.environ, PARENT_ENV: str(os.getpid())}
     pending, running, failed = list(jobs), {}, []
-    try:
-        while pending or running:
-            while pending and len(running) < n:
-                job = pending.pop(0)
-                job.log.parent.mkdir(parents=True, exist_ok=True)
-                with open(job.log, "ab") as log:  # appended: a resumed run keeps its earlier output
-                    # A session of its own: a Ctrl-C in the terminal reaches this process only, which
-                    # then stops each child once (a second signal could cut a child's cleanup short).
-                    proc = subprocess.Popen([sys.executable, "-m", "varrl", *job.argv], stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-                running[proc] = (job, time.time())
-                say(f"started {job.label} (log: {job.log})")
-            time.sleep(0.5)
-            for proc in [p for p in running if p.poll() is not None]:
-                job, t0 = running.pop(proc)
-                if proc.returncode == 0:
-                    say(f"finished {job.label} in {(time.time() - t0) / 60:.1f} min")
-                else:
-                    failed.append((job, proc.returncode, _last_line(job.log)))
-                    say(f"FAILED {job.label} (exit {proc.returncode}): {failed[-1][2]}")
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM here: stop the children cleanly, then go
-        _stop(list(running))
-        raise
+    # A stop is acted on between launches, never inside one: a signal landing after a child has
+    # started but before it is in `running` would otherwise leave that child training on its own.
+    with deferred_stops() as stop:
+        try:
+            while pending or running:
+                stop.check()
+                while pending and len(running) < n and stop.how is None:
+                    job = pending.pop(0)
+                    running[_start(job, env)] = (job, time.time())
+                    say(f"started {job.label} (log: {job.log})")
+                time.sleep(0.5)
+                for proc in [p for p in running if p.poll() is not None]:
+                    job, t0 = running.pop(proc)
+                    if proc.returncode == 0:
+                        say(f"finished {job.label} in {(time.time() - t0) / 60:.1f} min")
+                    else:
+                        failed.append((job, proc.returncode, _last_line(job.log)))
+                        say(f"FAILED {job.label} (exit {proc.returncode}): {failed[-1][2]}")
+        except KeyboardInterrupt:  # the stop asked for (or a Ctrl-C outside the main thread)
+            _stop(list(running))
+            raise
     if failed:
         names = "; ".join(f"{j.label} (exit {rc}: {line})" for j, rc, line in failed)
         raise RunFailedError(f"{len(failed)} of {len(jobs)} runs failed: {names}. Their logs: "
                              f"{', '.join(str(j.log) for j, _, _ in failed)}; the others finished, and running "
                              "the same command again retries the failed ones")
+
+
+def _start(job: Job, env: dict[str, str]) -> subprocess.Popen:
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(job.log, "ab") as log:  # appended: a resumed run keeps its earlier output
+        # A session of its own: a Ctrl-C in the terminal reaches this process only, which then
+        # stops each child once (a second signal could cut a child's cleanup short).
+        return subprocess.Popen([sys.executable, "-m", "varrl", *job.argv], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
