@@ -25,6 +25,10 @@ evaluation's own standard error of the difference.
 run, the seen change minus the held-out change, with its standard error over runs:
 
     python benchmarks/paired_eval.py runs/ablation_default/grpo/seed{0,1,2} --prompts both --noise-seeds 0,1
+
+Each model's reading at each noise seed is kept (`--cache`, default ~/.cache/varrl/paired_eval;
+eval_cache.py) under a key of the content of everything it depends on, so comparing a second cell
+with the same reference reads only the new cell; `--no-cache` reads everything afresh.
 """
 
 from __future__ import annotations
@@ -39,24 +43,25 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_cache import default_cache_dir, readings  # noqa: E402
 from seeds_table import seeds_se  # noqa: E402
 
 from varrl.config import load_config
 from varrl.config_types import to_dict
 from varrl.eval.paired import paired_change
 from varrl.trainer.config import TrainRunConfig, apply_method_preset
-from varrl.trainer.reeval import evaluate_at_seeds
 
 
-def evaluations(cfg: TrainRunConfig, seeds: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+def evaluations(cfg: TrainRunConfig, seeds: list[int], cache: Path | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """[S, P] rewards and words read right at each noise seed, the prompts' word counts, and each
-    seed's word accuracy as the run's own evaluation reports it."""
-    res, records = evaluate_at_seeds(cfg, seeds)
-    n_words = np.array([len(r.words) for r in records], dtype=np.float64)
-    if res[0].words_right_P is None:
-        raise SystemExit("paired_eval.py needs a reward that reads text (text_ocr) for its word accuracy")
-    acc = [float(r.metrics["word_acc"]) for r in res]
-    return np.stack([r.scores_P for r in res]), np.stack([r.words_right_P for r in res]), n_words, acc
+    seed's word accuracy as the run's own evaluation reports it (from the cache where there)."""
+    got, hits = readings(cfg, seeds, cache)
+    if hits:
+        print(f"  ({cfg.policy.path or 'the shipped nano model'}: {hits} of {len(seeds)} noise seeds from the "
+              f"cache {cache})", file=sys.stderr)
+    return (np.stack([g["scores_P"] for g in got]), np.stack([g["words_right_P"] for g in got]), got[0]["n_words_P"],
+            [float(g["word_acc"]) for g in got])
 
 
 def seen_prompts_file(cfg: TrainRunConfig, n: int, folder: Path) -> Path:
@@ -87,10 +92,15 @@ def main() -> None:
                     help="with runs from several folders (cells): the folder name of the cell every other is "
                          "compared with, seed by seed (runs of one name, e.g. seed0, paired), with the "
                          "evaluation's own s.e. of the difference")
+    ap.add_argument("--cache", type=Path, default=default_cache_dir(),
+                    help="where readings are kept, by the content of the model, prompts, settings and code "
+                         "(default: %(default)s); a model read before is not read again")
+    ap.add_argument("--no-cache", action="store_true", help="read every model afresh and keep nothing")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides for every model's evaluation, e.g. train.threads=2 train.eval_prompts=256")
     args = ap.parse_args()
     seeds = [int(s) for s in args.noise_seeds.split(",")]
+    cache = None if args.no_cache else args.cache
     checked = load_runs(args.runs, args.set)  # every run checked before the first (slow) evaluation
     if args.reference is not None:
         named = {run.resolve().parent for run in args.runs if run.resolve().parent.name == args.reference}
@@ -106,10 +116,10 @@ def main() -> None:
                 starts = []
                 for cfg in cfgs:
                     cfg.data.eval_prompts_file = str(seen_prompts_file(cfg, cfg.train.eval_prompts, Path(tmp)))
-                    starts.append(evaluations(cfg, seeds))
+                    starts.append(evaluations(cfg, seeds, cache))
             else:
-                starts = [evaluations(cfgs[0], seeds)] * len(cfgs)
-            changes[prompts] = compare(args.runs, cfgs, starts, seeds, prompts)
+                starts = [evaluations(cfgs[0], seeds, cache)] * len(cfgs)
+            changes[prompts] = compare(args.runs, cfgs, starts, seeds, prompts, cache)
             if args.reference is not None:
                 against_reference(args.runs, changes[prompts], args.reference)
     if len(readings) == 2:
@@ -151,7 +161,7 @@ def seen_minus_heldout(runs: list[Path], seen: tuple[list[float], list[float]],
 
 
 def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: list[int],
-            prompts: str) -> tuple[list[float], list[float]]:
+            prompts: str, cache: Path | None) -> tuple[list[float], list[float]]:
     """Each run's final model against its start, paired by prompt and noise seed; one summary per
     folder of runs. Returns each run's change in reward and in word accuracy."""
     which = "held-out" if prompts == "heldout" else "seen (each run's first training prompts)"
@@ -168,7 +178,7 @@ def compare(runs: list[Path], cfgs: list[TrainRunConfig], starts: list, seeds: l
 
     for run, cfg, (start_r, start_w, n_words, start_acc) in zip(runs, cfgs, starts):
         cfg.policy.path = str(run / "last")
-        end_r, end_w, _, end_acc = evaluations(cfg, seeds)
+        end_r, end_w, _, end_acc = evaluations(cfg, seeds, cache)
         (cr, sr, _), (cw, sw, _) = paired_change(start_r, end_r), paired_change(start_w, end_w, n_words)
         ends.append(float(np.nanmean(end_r)))
         arrays.append((start_r, end_r, start_w, end_w, n_words))

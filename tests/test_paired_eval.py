@@ -99,9 +99,9 @@ def test_both_readings_of_two_tiny_runs(tiny_text_dir, tmp_path):
     # Trained on brightness (fast); read with the OCR reward, in this process, as the script needs words.
     # The tiny model writes no letters, so its changes are 0: this checks that both readings and their
     # difference come out for every run; the arithmetic is the hand-worked test above.
-    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, runs), "--prompts", "both", "--noise-seeds", "0",
-                           "--set", "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0",
-                           "train.threads=1"], capture_output=True, text=True, timeout=600)
+    read = [sys.executable, str(SCRIPT), *map(str, runs), "--noise-seeds", "0", "--cache", str(tmp_path / "cache"),
+            "--set", "reward.weights={text_ocr: 1.0}", "reward.text_ocr.workers=0", "train.threads=1"]
+    proc = subprocess.run([*read, "--prompts", "both"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     held_part, rest = out.split("seen (each run's first training prompts) prompts", 1)
@@ -112,6 +112,11 @@ def test_both_readings_of_two_tiny_runs(tiny_text_dir, tmp_path):
     for run in ("seed0", "seed1"):
         assert float(rows[run]) == pytest.approx(seen[run] - held[run], abs=1.5e-3)
     assert "seen minus held-out over 2 runs" in diff_part
+    # Read again: the start and both runs come from the cache, with the same table.
+    again = subprocess.run(read, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("1 of 1 noise seeds from the cache") == 3, again.stderr
+    assert again.stdout.split("\n\n")[1] == held_part.split("\n\n")[1]  # the held-out table, row for row
     # A reference that names no folder of the runs is refused before any evaluation.
     bad = subprocess.run([sys.executable, str(SCRIPT), *map(str, runs), "--reference", "var_rl"],
                          capture_output=True, text=True, timeout=120)
@@ -122,3 +127,30 @@ def test_a_run_that_is_not_finished_is_named_before_any_evaluation(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope"), "--prompts", "both"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "not a finished run directory" in proc.stderr
+
+
+def test_a_readings_key_follows_content_not_paths(tiny_text_dir, tmp_path):
+    import shutil
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    from eval_cache import cache_key
+
+    from varrl.config import load_config
+    from varrl.trainer.config import TrainRunConfig, apply_method_preset
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_text_dir, a)
+    shutil.copytree(tiny_text_dir, b)
+
+    def key(model, *extra, seed=0):
+        cfg = load_config(TrainRunConfig, None, [f"policy.path={model}", *extra], apply_method_preset)
+        return cache_key(cfg, seed)
+
+    base = key(a)
+    assert key(b, "run.name=other", "train.lr=0.5", "train.eval_seed=0") == base  # same bytes; training-only keys
+    assert key(a, seed=1) != base and key(a, "train.threads=3") != base and key(a, "sampler.top_k=3") != base
+    weights = b / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert key(b) != base  # one bit of the weights
