@@ -151,8 +151,10 @@ def save_policy(policy: NanoPolicy | InfinityPolicy, dest: str | Path, extra: di
     extra = {**({} if lora is None else {"lora": lora.describe()}), **(extra or {})}
     if keep_base and lora is not None:
         for name in ("model", "tokenizer"):
-            if (dest / f"{name}.safetensors").exists():
+            try:
                 os.link(dest / f"{name}.safetensors", tmp / f"{name}.safetensors")
+            except FileNotFoundError:  # removed by hand since it was written: the base is written below
+                pass
     if (tmp / "model.safetensors").exists():  # the base, linked above
         weights = None
     elif model_state is not None:
