@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from varrl.checkpoint import file_sha256
 from varrl.config_types import to_dict
 from varrl.policy.load import shipped_model_dir
 from varrl.trainer.config import TrainRunConfig
@@ -35,21 +36,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "varrl" / "paired_eval"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _content(path: Path) -> str:
     """A file's or a folder's (every file under it, by relative name) content digest."""
     if path.is_file():
-        return _file_digest(path)
+        return file_sha256(path)
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        h.update(f"{f.relative_to(path)}\0{_file_digest(f)}\0".encode())
+        h.update(f"{f.relative_to(path)}\0{file_sha256(f)}\0".encode())
     return h.hexdigest()
 
 
