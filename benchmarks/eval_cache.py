@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from varrl.checkpoint import file_sha256
 from varrl.config_types import to_dict
+from varrl.fileio import atomic_write
 from varrl.policy.load import shipped_model_dir
 from varrl.trainer.config import TrainRunConfig
 from varrl.trainer.loop import eval_seed
@@ -90,18 +90,6 @@ def cache_key(cfg: TrainRunConfig, noise_seed: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path) as z:
@@ -127,5 +115,5 @@ def readings(cfg: TrainRunConfig, seeds: list[int], cache: Path | None
             found[s] = {"scores_P": r.scores_P, "words_right_P": r.words_right_P, "n_words_P": n_words,
                         "word_acc": np.array(float(r.metrics["word_acc"]))}
             if cache is not None:
-                _save(cache / f"{keys[s]}.npz", found[s])
+                atomic_write(cache / f"{keys[s]}.npz", lambda f, a=found[s]: np.savez(f, **a))
     return [found[s] for s in seeds], len(seeds) - len(missing)

@@ -51,17 +51,20 @@ def image_format(path: str | Path, what: str) -> str:
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
     """Write `text` to a temporary file in `path`'s folder, then rename it over `path`."""
-    return _atomic(Path(path), lambda f: f.write(text.encode(encoding)))
+    return atomic_write(Path(path), lambda f: f.write(text.encode(encoding)))
 
 
 def atomic_save_image(image, path: str | Path, fmt: str | None = None) -> Path:
     """Save a PIL image through a temporary file and a rename."""
     path = Path(path)
     fmt = fmt or image_format(path, "image file")
-    return _atomic(path, lambda f: image.save(f, format=fmt))
+    return atomic_write(path, lambda f: image.save(f, format=fmt))
 
 
-def _atomic(path: Path, write) -> Path:
+def atomic_write(path: str | Path, write) -> Path:
+    """write(f) into a temporary file in `path`'s folder (f: a binary file), then rename it over
+    `path`: a reader never sees half a file, and a failed write leaves no temporary behind."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # same folder: the rename stays on one disk
     # os.open with 0o666 respects the umask, as a plain open() would (mkstemp would force 0o600).
