@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 
 class Stopped(KeyboardInterrupt):
@@ -49,6 +50,7 @@ def sigterm_stops():
         signal.signal(signal.SIGTERM, before)
 
 
+@dataclass
 class StopRequest:
     """What deferred_stops recorded: `how` is None until a stop is asked for, then "Ctrl-C" or "SIGTERM"."""
 
