@@ -80,7 +80,7 @@ def test_rl_default_prompts_follow_the_shipped_model():
     from varrl.trainer.config import nano_text_data
 
     meta = json.loads((shipped_model_dir() / "config.json").read_text())
-    recipe = load_config(PretrainConfig, ROOT / "configs" / "pretrain_nano_cells3.yaml", [])
+    recipe = load_config(PretrainConfig, ROOT / "configs" / "pretrain_nano_cells4.yaml", [])
     # Through SynthConfig, so that fields added later with their defaults compare equal.
     shipped = from_dict(SynthConfig, meta["trained"]["data"])
     assert to_dict(shipped) == to_dict(recipe.data) == to_dict(nano_text_data())

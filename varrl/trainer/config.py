@@ -15,7 +15,7 @@ from varrl.rewards import RewardConfig
 
 
 def nano_text_data() -> SynthConfig:
-    """The distribution the shipped nano model was pretrained on last (configs/pretrain_nano_cells3.yaml):
+    """The distribution the shipped nano model was pretrained on last (configs/pretrain_nano_cells4.yaml, as phase 5):
     one or two upper-case words of 3-6 letters (half each), word i of n on row i of n, one character
     per 16 px cell from the left, monospace bold at 20 px capitals, plain background, one prompt
     template."""
