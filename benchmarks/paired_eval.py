@@ -7,7 +7,8 @@ prints the paired change in reward and word accuracy with its standard error ove
 standard error over seeds and the evaluation's own standard error of it (per prompt, the change
 averaged over the runs), and the spread of the final rewards: a gain must clear all three
 (issue 18's test). A run's own step-0 and final
-evaluations draw one noise seed each; averaging several takes the sampling luck out of both ends.
+evaluations draw `train.eval_noise_seeds` noise seeds each (default 1; its report.md pairs them the
+same way); averaging several takes the sampling luck out of both ends.
 Every model samples with its run's own sampler settings (config.yaml), so a run that samples
 sharper is compared with the untrained model at that same setting.
 

@@ -41,6 +41,7 @@ OUT_OF_RANGE = [
     ("train.samples_in_grid=0", "train.samples_in_grid"),
     ("train.threads=-2", "train.threads"),
     ("train.eval_seed=-1", "train.eval_seed"),
+    ("train.eval_noise_seeds=0", "train.eval_noise_seeds"),
     ("train.trainable='('", "train.trainable"),
     ("rl.vmr.eta=0", "rl.vmr.eta"),  # was a ValueError after step 0
     ("rl.vmr.eta=.inf", "rl.vmr.eta"),

@@ -102,6 +102,11 @@ class TrainConfig:
     eval_seed: int | None = 0
     """seed of the held-out prompts and sampling noise, shared by all runs so that evaluations are
     paired across seeds and cells (null: use run.seed)"""
+    eval_noise_seeds: int = 1
+    """noise draws per held-out prompt at each evaluation (noise seeds eval_seed, eval_seed+1, ...; the
+    prompts stay those of eval_seed): the metrics average over them, and report.md reads the run's
+    change paired by prompt and seed with its standard error. Each extra draw costs one more
+    evaluation (about 22 s per 128 prompts on 2 cores); 4 is what benchmarks/paired_eval.py reads"""
     save_every: int = 10
     keep_checkpoints: int = 2
     samples_in_grid: int = 16
@@ -123,7 +128,8 @@ class TrainConfig:
             "warmup": at_least(0), "weight_decay": at_least(0), "betas": Range(0, 1, hi_open=True),
             "grad_clip": at_least(0, "(0: no clipping)"), "epochs": at_least(1), "micro_batch": at_least(1),
             "eval_every": at_least(0, "(0: only at the start and the end)"), "eval_prompts": at_least(1),
-            "eval_seed": seed_range, "save_every": at_least(1, "(the last step is always saved)"),
+            "eval_seed": seed_range, "eval_noise_seeds": at_least(1),
+            "save_every": at_least(1, "(the last step is always saved)"),
             "keep_checkpoints": at_least(1, "(how many of the newest to keep; a large number keeps all)"),
             "samples_in_grid": at_least(1), "threads": at_least(0, "(0: torch's default)")})
         if self.trainable is not None:

@@ -71,3 +71,23 @@ def evaluate(policy, records: list[PromptRecord], sampler: SamplerConfig, seed: 
         read = "" if res.texts is None else " | read: " + " ".join(res.texts[i])
         captions.append(f"{r.prompt} | R={res.scores[i]:.2f}{read}")
     return EvalResult(metrics, images, captions, res.boxes, np.asarray(res.scores, np.float64), words_right_P)
+
+
+def pooled_metrics(results: list[EvalResult]) -> dict[str, float | None]:
+    """The metrics of one model evaluated on the same prompts at several noise seeds: each metric the
+    mean of the seeds' values (None where every seed has none), except reward_sem, the standard
+    error over prompts of each prompt's mean reward over the seeds (the prompts' spread; averaging
+    seeds takes out sampling luck, not that). One result: its own metrics."""
+    if len(results) == 1:
+        return dict(results[0].metrics)
+    out: dict[str, float | None] = {}
+    for key in dict.fromkeys(k for r in results for k in r.metrics):
+        vals = [r.metrics.get(key) for r in results]
+        vals = [v for v in vals if v is not None]
+        out[key] = float(np.mean(vals)) if vals else None
+    scores_SP = np.stack([r.scores_P for r in results])
+    seen_P = np.isfinite(scores_SP).any(0)
+    mean_P = np.full(scores_SP.shape[1], np.nan)
+    mean_P[seen_P] = np.nanmean(scores_SP[:, seen_P], axis=0)
+    out["reward_sem"] = standard_error(mean_P)
+    return out

@@ -27,7 +27,8 @@ from varrl.trainer.batches import StageBatch, full_batch, per_scale_batch, prefi
 from varrl.trainer.config import TrainRunConfig
 from varrl.trainer.credit import Advantages, CreditInputs, advantages
 from varrl.trainer.dist import DistInfo, barrier, broadcast_flag, gather_objects
-from varrl.trainer.evaluate import evaluate
+from varrl.trainer.eval_record import save_readings
+from varrl.trainer.evaluate import evaluate, pooled_metrics
 from varrl.trainer.fsdp import adapter_state_dicts, full_state_dicts, shard_policies_
 from varrl.trainer.params import frozen_reference, select_trainable
 from varrl.trainer.report import RunWriter, plot_rewards, write_report
@@ -301,16 +302,19 @@ class Trainer:
     def evaluate(self, at: int) -> None:
         tc = self.cfg.train
         t0 = time.perf_counter()
-        res = evaluate(self.policy, self.eval_records, self.cfg.sampler, eval_seed(self.cfg), self.reward,
-                       tc.micro_batch, self.info)
+        seeds = [eval_seed(self.cfg) + i for i in range(tc.eval_noise_seeds)]
+        results = [evaluate(self.policy, self.eval_records, self.cfg.sampler, s, self.reward, tc.micro_batch,
+                            self.info) for s in seeds]
+        res, metrics = results[0], pooled_metrics(results)  # the sample grid shows the first seed's draw
         if self.writer is not None:
+            save_readings(self.run_dir, at, results, self.eval_records, seeds)
             # perf/eval_s: what an evaluation costs, to weigh train.eval_every against a run's wall time.
-            self.writer.metrics(at, {**{f"eval/{k}": v for k, v in res.metrics.items()},
+            self.writer.metrics(at, {**{f"eval/{k}": v for k, v in metrics.items()},
                                      "perf/eval_s": time.perf_counter() - t0})
             self.writer.samples(at, res.images, res.captions, tc.samples_in_grid)
             if self.cfg.rl.mp.enabled:
                 self.writer.mask_sheet(at, res.images, res.boxes, list(self.policy.schedule.grids), self.cfg.rl.mp)
-            tqdm.write(f"eval @ step {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.metrics.items()
+            tqdm.write(f"eval @ step {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
                                                           if v is not None and "/" not in k))
 
     def save(self, at: int) -> None:
@@ -349,6 +353,7 @@ class Trainer:
         plot_rewards(self.run_dir)
         tc = self.cfg.train
         return write_report(self.run_dir, {"steps": tc.steps, "eval_prompts": tc.eval_prompts,
+                                           "eval_noise_seeds": tc.eval_noise_seeds,
                                            "method": self.cfg.rl.method,
                                            "wall_s": round(self.wall_s(), 1)})
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from varrl.checkpoint import atomic_write_text
 from varrl.rundir import MetricLog
+from varrl.trainer.eval_record import paired_since_start, verdict
 from varrl.viz import image_grid
 
 
@@ -147,12 +148,14 @@ def plot_rewards(run_dir: Path) -> Path:
 
 
 def write_report(run_dir: Path, summary: dict) -> dict:
-    """report.json ({"eval": [{step, reward_mean, word_acc, ned}, ...], ...}) and report.md."""
+    """report.json ({"eval": [{step, reward_mean, word_acc, ned}, ...], "eval_paired": the first to the last
+    evaluation paired by prompt and noise seed (eval_record.paired_since_start), ...}) and report.md."""
     recs = read_metrics(run_dir)
     evals = eval_rows(recs)
     kl = kl_by_stage(recs)
     warnings = list(dict.fromkeys(r["warning"] for r in recs if "warning" in r))
-    report = {"eval": evals, "kl_to_start": kl, "warnings": warnings, **summary}
+    paired = paired_since_start(run_dir, evals[0]["step"], evals[-1]["step"]) if len(evals) > 1 else None
+    report = {"eval": evals, "eval_paired": paired, "kl_to_start": kl, "warnings": warnings, **summary}
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
 
     def fmt(v):
@@ -164,9 +167,12 @@ def write_report(run_dir: Path, summary: dict) -> dict:
         lines += [f"- {w}" for w in warnings] + [""]
     if evals:
         first, last = evals[0], evals[-1]
-        lines += [f"Held-out evaluation ({summary.get('eval_prompts', '?')} prompts, fixed seed): reward "
+        n_seeds = summary.get("eval_noise_seeds", 1)
+        draws = "fixed seed" if n_seeds == 1 else f"{n_seeds} fixed noise seeds each"
+        lines += [f"Held-out evaluation ({summary.get('eval_prompts', '?')} prompts, {draws}): reward "
                   f"{fmt(first['reward_mean'])} at step {first['step']} -> {fmt(last['reward_mean'])} at step "
                   f"{last['step']}; word accuracy {fmt(first['word_acc'])} -> {fmt(last['word_acc'])}.", ""]
+        lines += paired_lines(paired)
     lines += ["| step | reward | +- s.e. | word acc | NED |", "|---:|---:|---:|---:|---:|"]
     lines += [f"| {e['step']} | {fmt(e['reward_mean'])} | {fmt(e['reward_sem'])} | {fmt(e['word_acc'])} | "
               f"{fmt(e['ned'])} |" for e in evals]
@@ -185,3 +191,23 @@ def write_report(run_dir: Path, summary: dict) -> dict:
             lines.append(f"- {k}: {summary[k]}")
     atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
     return report
+
+
+def paired_lines(paired: dict | None) -> list[str]:
+    """report.md's reading of the run's change against the evaluation's own error (eval_record)."""
+    if paired is None:
+        return []
+    span = f"step {paired['from_step']} -> {paired['to_step']}"
+    if "problem" in paired:
+        return [f"No paired change for {span}: {paired['problem']}.", ""]
+    seeds = paired["noise_seeds"]
+    out = [f"Paired by prompt and noise seed ({paired['prompts']} prompts, {len(seeds)} noise "
+           f"seed{'s' if len(seeds) > 1 else ''}), {span}: reward {paired['reward']:+.3f} +- "
+           f"{paired['reward_se']:.3f} (s.e.), {verdict(paired['reward'], paired['reward_se'])}"]
+    if paired["word_acc"] is not None:
+        out[0] += (f"; word accuracy {paired['word_acc']:+.3f} +- {paired['word_acc_se']:.3f}, "
+                   f"{verdict(paired['word_acc'], paired['word_acc_se'])}")
+    out[0] += "."
+    if len(seeds) == 1:
+        out[0] += " More noise seeds per evaluation (train.eval_noise_seeds=4) shrink the error."
+    return out + [""]
