@@ -22,7 +22,7 @@ import numpy as np
 
 from varrl.checkpoint import file_sha256
 from varrl.config_types import to_dict
-from varrl.fileio import atomic_write
+from varrl.fileio import atomic_write, read_npz
 from varrl.policy.load import shipped_model_dir
 from varrl.trainer.config import TrainRunConfig
 from varrl.trainer.loop import eval_seed
@@ -90,21 +90,13 @@ def cache_key(cfg: TrainRunConfig, noise_seed: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _load(path: Path) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError):  # absent, or damaged by hand: read the model again
-        return None
-
-
 def readings(cfg: TrainRunConfig, seeds: list[int], cache: Path | None
              ) -> tuple[list[dict[str, np.ndarray]], int]:
     """Per noise seed: scores_P, words_right_P (NaN where no reading), n_words_P and word_acc, from
     the cache where there, else evaluated (the model loaded once for all missing seeds) and stored.
     Returns the readings and how many came from the cache."""
     keys = {s: cache_key(cfg, s) for s in seeds} if cache is not None else {}
-    found = {s: _load(cache / f"{keys[s]}.npz") for s in keys}
+    found = {s: read_npz(cache / f"{keys[s]}.npz") for s in keys}
     missing = [s for s in seeds if found.get(s) is None]
     if missing:
         res, records = evaluate_at_seeds(cfg, missing)

@@ -46,6 +46,8 @@ def test_paired_since_start_pairs_the_shared_seeds(tmp_path):
     assert got["word_acc"] == pytest.approx(1 / 3)
     assert load_readings(tmp_path, 5)["prompts"].tolist() == ["a", "b", "c"]
     assert paired_since_start(tmp_path, 0, 7) is None  # no readings at step 7 (a run from before them)
+    (tmp_path / "evals" / "step_000009.npz").write_bytes(b"not a zip")  # damaged by hand: as if absent
+    assert paired_since_start(tmp_path, 0, 9) is None
 
 
 def test_paired_since_start_refuses_other_prompts(tmp_path):

@@ -79,3 +79,15 @@ def atomic_write(path: str | Path, write) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def read_npz(path: str | Path) -> dict | None:
+    """The arrays of an .npz file by name, or None where it is absent or unreadable (damaged by hand,
+    a foreign file): callers treat such a file as missing and recompute or do without it."""
+    import numpy as np
+
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError):
+        return None

@@ -11,7 +11,7 @@ import numpy as np
 
 from varrl.data.prompts import PromptRecord
 from varrl.eval.paired import paired_change
-from varrl.fileio import atomic_write
+from varrl.fileio import atomic_write, read_npz
 from varrl.trainer.evaluate import EvalResult
 
 
@@ -37,11 +37,7 @@ def save_readings(run_dir: Path, step: int, results: list[EvalResult], records: 
 def load_readings(run_dir: Path, step: int) -> dict[str, np.ndarray] | None:
     """One evaluation's readings, or None where the run has none (runs from before this file, a file
     damaged by hand: the report then gives the unpaired figures only)."""
-    try:
-        with np.load(readings_path(run_dir, step)) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError):
-        return None
+    return read_npz(readings_path(run_dir, step))
 
 
 def paired_since_start(run_dir: Path, first: int, last: int) -> dict | None:
@@ -56,11 +52,11 @@ def paired_since_start(run_dir: Path, first: int, last: int) -> dict | None:
     if a["prompts"].shape != b["prompts"].shape or not (a["prompts"] == b["prompts"]).all():
         return {**out, "problem": "the held-out prompts differ between the two evaluations (train.eval_seed or "
                                   "train.eval_prompts changed on --resume), so they cannot be paired"}
-    seeds = [int(s) for s in a["noise_seeds"] if s in set(b["noise_seeds"].tolist())]
+    row_a, row_b = ({int(s): i for i, s in enumerate(r["noise_seeds"])} for r in (a, b))
+    seeds = [s for s in row_a if s in row_b]
     if not seeds:
         return {**out, "problem": "the two evaluations share no noise seed (train.eval_seed changed on --resume)"}
-    rows_a = [a["noise_seeds"].tolist().index(s) for s in seeds]
-    rows_b = [b["noise_seeds"].tolist().index(s) for s in seeds]
+    rows_a, rows_b = [row_a[s] for s in seeds], [row_b[s] for s in seeds]
     try:
         change, se, n = paired_change(a["scores_SP"][rows_a], b["scores_SP"][rows_b])
     except ValueError:  # fewer than 2 prompts with a reward on both sides: no error to read it against
