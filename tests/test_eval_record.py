@@ -64,6 +64,17 @@ def test_verdict_reads_the_change_against_twice_its_error():
     assert verdict(-0.03, 0.011) == "a loss beyond two standard errors"
 
 
+def test_a_change_inside_the_error_names_the_reading_that_can_tell_it():
+    base = {"from_step": 0, "to_step": 60, "prompts": 128, "noise_seeds": [0], "word_acc": 0.03,
+            "word_acc_se": 0.01}
+    small = paired_lines({**base, "reward": 0.01, "reward_se": 0.011}, "runs/x")[0]
+    assert "paired_eval.py runs/x --set train.eval_prompts=512" in small and "eval_noise_seeds=4" in small
+    clear = paired_lines({**base, "reward": 0.03, "reward_se": 0.011, "noise_seeds": [0, 1]}, "runs/x")[0]
+    assert "paired_eval" not in clear and "eval_noise_seeds" not in clear
+    words_small = paired_lines({**base, "reward": 0.03, "reward_se": 0.011, "word_acc_se": 0.02}, "runs/x")[0]
+    assert "paired_eval.py" in words_small  # either reading inside its error is enough to point further
+
+
 def test_a_run_reads_several_noise_seeds_and_reports_the_paired_change(tiny_text_dir, tmp_path):
     common = ("train.steps=2", "train.eval_prompts=4", "train.micro_batch=8", "train.save_every=2",
               "train.samples_in_grid=4", "train.group_size=2", "train.lr=1e-2", "train.warmup=0")

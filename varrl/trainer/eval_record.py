@@ -71,8 +71,13 @@ def paired_since_start(run_dir: Path, first: int, last: int) -> dict | None:
     return out
 
 
+def clears(change: float, se: float) -> bool:
+    """Whether a paired change lies beyond twice its standard error."""
+    return abs(change) > 2 * se
+
+
 def verdict(change: float, se: float) -> str:
     """How a paired change reads against twice its standard error."""
-    if abs(change) <= 2 * se:
+    if not clears(change, se):
         return "within two standard errors: not a change this evaluation can tell from none"
     return f"a {'gain' if change > 0 else 'loss'} beyond two standard errors"
