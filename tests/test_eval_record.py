@@ -55,7 +55,7 @@ def test_paired_since_start_refuses_other_prompts(tmp_path):
     save_readings(tmp_path, 3, [result([1.0, 2])], records("a", "z"), [0])
     got = paired_since_start(tmp_path, 0, 3)
     assert "prompts differ" in got["problem"]
-    assert "No paired change" in paired_lines(got)[0]
+    assert "No paired change" in paired_lines(got, tmp_path)[0]
 
 
 def test_verdict_reads_the_change_against_twice_its_error():
@@ -73,6 +73,8 @@ def test_a_change_inside_the_error_names_the_reading_that_can_tell_it():
     assert "paired_eval" not in clear and "eval_noise_seeds" not in clear
     words_small = paired_lines({**base, "reward": 0.03, "reward_se": 0.011, "word_acc_se": 0.02}, "runs/x")[0]
     assert "paired_eval.py" in words_small  # either reading inside its error is enough to point further
+    fewer = paired_lines({**base, "prompts": 32, "reward": 0.01, "reward_se": 0.011}, "runs/x")[0]
+    assert "train.eval_prompts=128" in fewer  # four times the run's own prompts: half the error
 
 
 def test_a_run_reads_several_noise_seeds_and_reports_the_paired_change(tiny_text_dir, tmp_path):

@@ -193,10 +193,10 @@ def write_report(run_dir: Path, summary: dict) -> dict:
     return report
 
 
-def paired_lines(paired: dict | None, run_dir: Path | str = "RUN") -> list[str]:
+def paired_lines(paired: dict | None, run_dir: Path | str) -> list[str]:
     """report.md's reading of the run's change against the evaluation's own error (eval_record);
-    a change inside that error names the reading that can tell it (on the nano model a 60-step
-    run's gain, about 0.015, needs 512 prompts with four noise seeds: README)."""
+    a change inside that error names a reading with half the error: four times the prompts, four
+    noise seeds (on the nano model a 60-step run's gain, about 0.015, needs it: README)."""
     if paired is None:
         return []
     span = f"step {paired['from_step']} -> {paired['to_step']}"
@@ -214,6 +214,6 @@ def paired_lines(paired: dict | None, run_dir: Path | str = "RUN") -> list[str]:
         out[0] += " More noise seeds per evaluation (train.eval_noise_seeds=4) shrink the error."
     if not clears(paired["reward"], paired["reward_se"]) or (
             paired["word_acc"] is not None and not clears(paired["word_acc"], paired["word_acc_se"])):
-        out[0] += (f" To read the finished run on more prompts: python benchmarks/paired_eval.py {run_dir} "
-                   "--set train.eval_prompts=512 (four noise seeds per end).")
+        out[0] += (f" To read the finished run on four times the prompts: python benchmarks/paired_eval.py "
+                   f"{run_dir} --set train.eval_prompts={4 * paired['prompts']} (four noise seeds per end).")
     return out + [""]
